@@ -1,0 +1,209 @@
+import GRDB
+
+/// The queue schema. A shipped migration is never edited: later changes are new migrations.
+///
+/// CHECK constraints are named with the sentence SQLite prints when they fail
+/// ("CHECK constraint failed: rcpt_to must be …"), so an enqueuer's error names the column.
+/// Rules that need a subquery (elements of a JSON value) are BEFORE INSERT triggers that
+/// RAISE with the same kind of sentence.
+enum Migrations {
+    static var migrator: DatabaseMigrator {
+        var migrator = DatabaseMigrator()
+        migrator.registerMigration("v1-schema") { db in
+            try db.execute(sql: v1)
+        }
+        return migrator
+    }
+
+    static let v1 = """
+        CREATE TABLE smtp_configs (
+            id INTEGER PRIMARY KEY,
+            tenant TEXT NOT NULL
+                CONSTRAINT "tenant must be 1-255 characters without / or control characters"
+                CHECK (length(tenant) BETWEEN 1 AND 255 AND instr(tenant, '/') = 0
+                       AND tenant NOT GLOB '*[' || char(1) || '-' || char(31) || ']*'),
+            name TEXT NOT NULL
+                CONSTRAINT "name must be 1-255 characters without / or control characters"
+                CHECK (length(name) BETWEEN 1 AND 255 AND instr(name, '/') = 0
+                       AND name NOT GLOB '*[' || char(1) || '-' || char(31) || ']*'),
+            host TEXT NOT NULL CONSTRAINT "host must be 1-253 characters" CHECK (length(host) BETWEEN 1 AND 253),
+            port INTEGER NOT NULL DEFAULT 587 CONSTRAINT "port must be 1-65535" CHECK (port BETWEEN 1 AND 65535),
+            security TEXT NOT NULL DEFAULT 'starttls'
+                CONSTRAINT "security must be starttls, tls or none" CHECK (security IN ('starttls', 'tls', 'none')),
+            username TEXT CONSTRAINT "username must be at most 255 characters" CHECK (length(username) <= 255),
+            -- AES-GCM sealed box (nonce | ciphertext | tag); the clear password is never stored.
+            password_sealed BLOB,
+            from_address TEXT NOT NULL,
+            from_name TEXT CONSTRAINT "from_name must be at most 255 characters" CHECK (length(from_name) <= 255),
+            reply_to TEXT,
+            enabled INTEGER NOT NULL DEFAULT 1 CHECK (enabled IN (0, 1)),
+            is_default INTEGER NOT NULL DEFAULT 0 CHECK (is_default IN (0, 1)),
+            fallback TEXT NOT NULL DEFAULT 'platform'
+                CONSTRAINT "fallback must be platform or none" CHECK (fallback IN ('platform', 'none')),
+            dkim TEXT NOT NULL DEFAULT 'platform'
+                CONSTRAINT "dkim must be platform or server" CHECK (dkim IN ('platform', 'server')),
+            authorized_domains TEXT NOT NULL DEFAULT '',
+            authorized_senders TEXT NOT NULL DEFAULT '',
+            block_unauthorized INTEGER NOT NULL DEFAULT 0 CHECK (block_unauthorized IN (0, 1)),
+            priority INTEGER NOT NULL DEFAULT 3 CONSTRAINT "priority must be 1-5" CHECK (priority BETWEEN 1 AND 5),
+            -- NULL: [delivery] default_max_connections.
+            max_connections INTEGER CONSTRAINT "max_connections must be 1-100" CHECK (max_connections BETWEEN 1 AND 100),
+            rate_per_minute INTEGER CONSTRAINT "rate_per_minute must be positive" CHECK (rate_per_minute > 0),
+            ca_file TEXT,
+            status TEXT NOT NULL DEFAULT 'not_verified'
+                CHECK (status IN ('not_verified', 'verified', 'error')),
+            error_kind TEXT CHECK (error_kind IN ('connection_failed', 'auth_failed', 'tls_failed',
+                                                  'from_rejected', 'recipient_rejected', 'unknown')),
+            error_text TEXT,
+            status_changed_at REAL,
+            -- Bumped whenever host, port, security, credentials or CA change: pools compare it.
+            settings_version INTEGER NOT NULL DEFAULT 1,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL,
+            UNIQUE (tenant, name),
+            CHECK (status = 'error' OR error_kind IS NULL),
+            CONSTRAINT "a disabled configuration cannot be the default" CHECK (NOT (is_default = 1 AND enabled = 0))
+        );
+        CREATE UNIQUE INDEX smtp_configs_one_default ON smtp_configs (tenant) WHERE is_default = 1;
+
+        CREATE TABLE routes (
+            id INTEGER PRIMARY KEY,
+            tenant TEXT NOT NULL,
+            kind TEXT NOT NULL CONSTRAINT "kind must be advertiser, cname or category"
+                CHECK (kind IN ('advertiser', 'cname', 'category')),
+            key TEXT NOT NULL CONSTRAINT "key must be 1-255 characters" CHECK (length(key) BETWEEN 1 AND 255),
+            config_id INTEGER NOT NULL REFERENCES smtp_configs (id) ON DELETE CASCADE,
+            created_at REAL NOT NULL,
+            UNIQUE (tenant, kind, key),
+            CONSTRAINT "a cname route cannot be a wildcard" CHECK (kind <> 'cname' OR instr(key, '*') = 0)
+        );
+        CREATE INDEX routes_config ON routes (config_id);
+
+        CREATE TABLE messages (
+            id INTEGER PRIMARY KEY,
+            tenant TEXT CONSTRAINT "tenant must be NULL or 1-255 characters" CHECK (length(tenant) BETWEEN 1 AND 255),
+            advertiser TEXT,
+            cname TEXT,
+            category TEXT NOT NULL
+                CONSTRAINT "category must be 1-64 characters of [a-z0-9_.-]"
+                CHECK (length(category) BETWEEN 1 AND 64 AND category NOT GLOB '*[^a-z0-9_.-]*'),
+            priority INTEGER
+                CONSTRAINT "priority must be NULL or an integer 1-5"
+                CHECK (priority IS NULL OR (typeof(priority) = 'integer' AND priority BETWEEN 1 AND 5)),
+            send_at REAL CONSTRAINT "send_at must be Unix seconds" CHECK (send_at IS NULL OR typeof(send_at) IN ('integer', 'real')),
+            expires_at REAL CONSTRAINT "expires_at must be Unix seconds" CHECK (expires_at IS NULL OR typeof(expires_at) IN ('integer', 'real')),
+            mail_from TEXT CONSTRAINT "mail_from must not contain CR or LF"
+                CHECK (instr(mail_from, char(13)) = 0 AND instr(mail_from, char(10)) = 0),
+            from_name TEXT CONSTRAINT "from_name must not contain CR or LF"
+                CHECK (instr(from_name, char(13)) = 0 AND instr(from_name, char(10)) = 0),
+            reply_to TEXT CONSTRAINT "reply_to must not contain CR or LF"
+                CHECK (instr(reply_to, char(13)) = 0 AND instr(reply_to, char(10)) = 0),
+            rcpt_to TEXT NOT NULL
+                CONSTRAINT "rcpt_to must be a non-empty JSON array of addresses"
+                CHECK (CASE WHEN json_valid(rcpt_to)
+                            THEN json_type(rcpt_to) = 'array' AND json_array_length(rcpt_to) > 0
+                            ELSE 0 END),
+            cc TEXT CONSTRAINT "cc must be a JSON array of addresses"
+                CHECK (cc IS NULL OR CASE WHEN json_valid(cc) THEN json_type(cc) = 'array' ELSE 0 END),
+            bcc TEXT CONSTRAINT "bcc must be a JSON array of addresses"
+                CHECK (bcc IS NULL OR CASE WHEN json_valid(bcc) THEN json_type(bcc) = 'array' ELSE 0 END),
+            subject TEXT NOT NULL
+                CONSTRAINT "subject must not contain CR or LF"
+                CHECK (instr(subject, char(13)) = 0 AND instr(subject, char(10)) = 0),
+            text_body TEXT,
+            html_body TEXT,
+            headers TEXT CONSTRAINT "headers must be a JSON object"
+                CHECK (headers IS NULL OR CASE WHEN json_valid(headers) THEN json_type(headers) = 'object' ELSE 0 END),
+            idempotency_key TEXT UNIQUE,
+            status TEXT NOT NULL DEFAULT 'queued'
+                CONSTRAINT "status must be queued, sending, sent, deferred, failed, expired or cancelled"
+                CHECK (status IN ('queued', 'sending', 'sent', 'deferred', 'failed', 'expired', 'cancelled')),
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at REAL,
+            lease_until REAL,
+            config_id INTEGER REFERENCES smtp_configs (id) ON DELETE SET NULL,
+            route TEXT CHECK (route IN ('advertiser', 'cname', 'category', 'default', 'platform', 'fallback')),
+            last_error_kind TEXT,
+            last_error TEXT,
+            smtp_response TEXT,
+            message_id_header TEXT,
+            created_at REAL NOT NULL DEFAULT ((julianday('now') - 2440587.5) * 86400.0),
+            sent_at REAL,
+            CONSTRAINT "text_body or html_body is required" CHECK (text_body IS NOT NULL OR html_body IS NOT NULL)
+        );
+        CREATE INDEX messages_due ON messages (status, next_attempt_at) WHERE status IN ('queued', 'deferred');
+        CREATE INDEX messages_sending ON messages (lease_until) WHERE status = 'sending';
+        CREATE INDEX messages_tenant ON messages (tenant, status);
+        CREATE INDEX messages_sent_at ON messages (sent_at) WHERE sent_at IS NOT NULL;
+
+        CREATE TRIGGER messages_check_rcpt_to BEFORE INSERT ON messages
+        WHEN CASE WHEN json_valid(NEW.rcpt_to) THEN json_type(NEW.rcpt_to) = 'array' ELSE 0 END
+        BEGIN
+            SELECT RAISE(ABORT, 'rcpt_to must hold only non-empty address strings without CR or LF')
+            WHERE EXISTS (SELECT 1 FROM json_each(NEW.rcpt_to)
+                          WHERE type <> 'text' OR value = '' OR instr(value, char(13)) OR instr(value, char(10)));
+        END;
+
+        CREATE TRIGGER messages_check_cc BEFORE INSERT ON messages
+        WHEN CASE WHEN json_valid(NEW.cc) THEN json_type(NEW.cc) = 'array' ELSE 0 END
+        BEGIN
+            SELECT RAISE(ABORT, 'cc must hold only non-empty address strings without CR or LF')
+            WHERE EXISTS (SELECT 1 FROM json_each(NEW.cc)
+                          WHERE type <> 'text' OR value = '' OR instr(value, char(13)) OR instr(value, char(10)));
+        END;
+
+        CREATE TRIGGER messages_check_bcc BEFORE INSERT ON messages
+        WHEN CASE WHEN json_valid(NEW.bcc) THEN json_type(NEW.bcc) = 'array' ELSE 0 END
+        BEGIN
+            SELECT RAISE(ABORT, 'bcc must hold only non-empty address strings without CR or LF')
+            WHERE EXISTS (SELECT 1 FROM json_each(NEW.bcc)
+                          WHERE type <> 'text' OR value = '' OR instr(value, char(13)) OR instr(value, char(10)));
+        END;
+
+        CREATE TRIGGER messages_check_headers BEFORE INSERT ON messages
+        WHEN CASE WHEN json_valid(NEW.headers) THEN json_type(NEW.headers) = 'object' ELSE 0 END
+        BEGIN
+            SELECT RAISE(ABORT, 'headers may not set From, To, Cc, Bcc, Date or Message-ID')
+            WHERE EXISTS (SELECT 1 FROM json_each(NEW.headers)
+                          WHERE lower(key) IN ('from', 'to', 'cc', 'bcc', 'date', 'message-id'));
+            SELECT RAISE(ABORT, 'headers names must be printable ASCII without colon or space, and values strings without CR or LF')
+            WHERE EXISTS (SELECT 1 FROM json_each(NEW.headers)
+                          WHERE type <> 'text' OR key = '' OR key GLOB '*[^!-9;-~]*'
+                             OR instr(value, char(13)) OR instr(value, char(10)));
+        END;
+
+        CREATE TABLE attachments (
+            id INTEGER PRIMARY KEY,
+            message_id INTEGER NOT NULL REFERENCES messages (id) ON DELETE CASCADE,
+            filename TEXT NOT NULL
+                CONSTRAINT "filename must be 1-255 characters without CR or LF"
+                CHECK (length(filename) BETWEEN 1 AND 255 AND instr(filename, char(13)) = 0
+                       AND instr(filename, char(10)) = 0),
+            content_type TEXT NOT NULL DEFAULT 'application/octet-stream'
+                CONSTRAINT "content_type must look like type/subtype"
+                CHECK (content_type GLOB '?*/?*' AND content_type NOT GLOB '*[^!-~]*'),
+            content BLOB NOT NULL
+        );
+        CREATE INDEX attachments_message ON attachments (message_id);
+
+        CREATE TABLE attempts (
+            id INTEGER PRIMARY KEY,
+            message_id INTEGER NOT NULL REFERENCES messages (id) ON DELETE CASCADE,
+            attempt INTEGER NOT NULL,
+            at REAL NOT NULL,
+            config_id INTEGER,
+            -- "tenant/name" at the time, so the log survives the configuration's deletion.
+            config_label TEXT,
+            route TEXT,
+            server TEXT,
+            outcome TEXT NOT NULL CHECK (outcome IN ('sent', 'deferred', 'failed', 'fallback')),
+            error_kind TEXT,
+            smtp_code INTEGER,
+            enhanced_code TEXT,
+            response TEXT,
+            refused_recipients TEXT,
+            duration_s REAL
+        );
+        CREATE INDEX attempts_message ON attempts (message_id, attempt);
+        """
+}

@@ -1,0 +1,243 @@
+import Foundation
+import GRDB
+
+/// The only type that speaks SQL. Both programs open the database through it, which
+/// runs the migrations, so either may be started first.
+public final class QueueStore: Sendable {
+    public let pool: DatabasePool
+    public let path: String
+
+    public init(path: String) throws {
+        self.path = path
+        let directory = URL(fileURLWithPath: path).deletingLastPathComponent().path
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        var configuration = Configuration()
+        // Enqueuers and the CLI write the same file; wait for their short transactions.
+        configuration.busyMode = .timeout(10)
+        configuration.foreignKeysEnabled = true
+        pool = try DatabasePool(path: path, configuration: configuration)
+        try Migrations.migrator.migrate(pool)
+    }
+
+    /// Names of the migrations applied, oldest first.
+    public func appliedMigrations() throws -> [String] {
+        try pool.read { db in try Migrations.migrator.appliedMigrations(db) }
+    }
+
+    static func now() -> Double { Date().timeIntervalSince1970 }
+
+    // MARK: - SMTP configurations
+
+    public func configs(tenant: String? = nil) throws -> [SMTPConfigRecord] {
+        try pool.read { db in
+            var request = SMTPConfigRecord.order(SMTPConfigRecord.Columns.tenant, SMTPConfigRecord.Columns.name)
+            if let tenant { request = request.filter(SMTPConfigRecord.Columns.tenant == tenant) }
+            return try request.fetchAll(db)
+        }
+    }
+
+    public func config(tenant: String, name: String) throws -> SMTPConfigRecord? {
+        try pool.read { db in try Self.config(db, tenant: tenant, name: name) }
+    }
+
+    public func config(id: Int64) throws -> SMTPConfigRecord? {
+        try pool.read { db in try SMTPConfigRecord.fetchOne(db, key: id) }
+    }
+
+    static func config(_ db: Database, tenant: String, name: String) throws -> SMTPConfigRecord? {
+        try SMTPConfigRecord
+            .filter(SMTPConfigRecord.Columns.tenant == tenant && SMTPConfigRecord.Columns.name == name)
+            .fetchOne(db)
+    }
+
+    static func existing(_ db: Database, tenant: String, name: String) throws -> SMTPConfigRecord {
+        guard let record = try config(db, tenant: tenant, name: name) else {
+            throw MailrouteError.notFound("configuration \(tenant)/\(name)")
+        }
+        return record
+    }
+
+    /// Inserts a new configuration; the tenant's first becomes its default.
+    public func insertConfig(_ new: SMTPConfigRecord) throws -> SMTPConfigRecord {
+        try pool.write { db in
+            var record = new
+            if try Self.config(db, tenant: record.tenant, name: record.name) != nil {
+                throw MailrouteError.conflict("configuration \(record.label) already exists")
+            }
+            let hasDefault = try SMTPConfigRecord
+                .filter(SMTPConfigRecord.Columns.tenant == record.tenant && SMTPConfigRecord.Columns.isDefault == true)
+                .fetchCount(db) > 0
+            record.isDefault = !hasDefault && record.enabled
+            record.status = .notVerified
+            record.errorKind = nil
+            record.errorText = nil
+            record.settingsVersion = 1
+            let now = Self.now()
+            record.createdAt = now
+            record.updatedAt = now
+            record.statusChangedAt = now
+            try record.insert(db)
+            return record
+        }
+    }
+
+    /// Saves an edited configuration. A change of anything that decides how we connect or
+    /// log in resets the status, because the old verification no longer says anything.
+    public func updateConfig(_ edited: SMTPConfigRecord) throws -> SMTPConfigRecord {
+        try pool.write { db in
+            guard let id = edited.id, let old = try SMTPConfigRecord.fetchOne(db, key: id) else {
+                throw MailrouteError.notFound("configuration \(edited.label)")
+            }
+            var record = edited
+            if record.name != old.name, try Self.config(db, tenant: record.tenant, name: record.name) != nil {
+                throw MailrouteError.conflict("configuration \(record.label) already exists")
+            }
+            record.isDefault = old.isDefault
+            record.enabled = old.enabled
+            if Self.connectionSettingsDiffer(old, record) {
+                record.settingsVersion = old.settingsVersion + 1
+                record.status = .notVerified
+                record.errorKind = nil
+                record.errorText = nil
+                record.statusChangedAt = Self.now()
+            } else {
+                record.settingsVersion = old.settingsVersion
+                record.status = old.status
+                record.errorKind = old.errorKind
+                record.errorText = old.errorText
+                record.statusChangedAt = old.statusChangedAt
+            }
+            record.updatedAt = Self.now()
+            try record.update(db)
+            return record
+        }
+    }
+
+    static func connectionSettingsDiffer(_ a: SMTPConfigRecord, _ b: SMTPConfigRecord) -> Bool {
+        a.host != b.host || a.port != b.port || a.security != b.security || a.username != b.username
+            || a.passwordSealed != b.passwordSealed || a.caFile != b.caFile || a.fromAddress != b.fromAddress
+    }
+
+    /// Deletes a configuration and, through the foreign key, its routes. Returns how many routes went.
+    @discardableResult
+    public func deleteConfig(tenant: String, name: String) throws -> Int {
+        try pool.write { db in
+            let record = try Self.existing(db, tenant: tenant, name: name)
+            if record.isDefault {
+                let others = try SMTPConfigRecord.filter(SMTPConfigRecord.Columns.tenant == tenant).fetchCount(db) - 1
+                if others > 0 {
+                    throw MailrouteError.conflict(
+                        "\(record.label) is the default of tenant \(tenant), which has \(others) other configuration(s); "
+                            + "make another one the default first (config set-default)")
+                }
+            }
+            let routes = try RouteRecord.filter(RouteRecord.Columns.configId == record.id).fetchCount(db)
+            try record.delete(db)
+            return routes
+        }
+    }
+
+    public func setDefault(tenant: String, name: String) throws {
+        try pool.write { db in
+            let record = try Self.existing(db, tenant: tenant, name: name)
+            guard record.enabled else {
+                throw MailrouteError.conflict("\(record.label) is disabled; a disabled configuration cannot be the default")
+            }
+            try db.execute(
+                sql: "UPDATE smtp_configs SET is_default = 0, updated_at = ? WHERE tenant = ? AND is_default = 1 AND id <> ?",
+                arguments: [Self.now(), tenant, record.id])
+            try db.execute(
+                sql: "UPDATE smtp_configs SET is_default = 1, updated_at = ? WHERE id = ?",
+                arguments: [Self.now(), record.id])
+        }
+    }
+
+    public func setEnabled(tenant: String, name: String, enabled: Bool) throws {
+        try pool.write { db in
+            let record = try Self.existing(db, tenant: tenant, name: name)
+            if !enabled && record.isDefault {
+                throw MailrouteError.conflict(
+                    "\(record.label) is the default of tenant \(tenant) and the default cannot be disabled; "
+                        + "make another configuration the default first (config set-default), or delete it")
+            }
+            try db.execute(
+                sql: "UPDATE smtp_configs SET enabled = ?, updated_at = ? WHERE id = ?",
+                arguments: [enabled, Self.now(), record.id])
+        }
+    }
+
+    /// Records what a verify, test or delivery learnt about a configuration. Ignored when the
+    /// settings were edited meanwhile: the result is about settings that no longer exist.
+    /// Returns whether the status changed.
+    @discardableResult
+    public func recordConfigStatus(
+        id: Int64, settingsVersion: Int, status: ConfigStatus, errorKind: ConfigErrorKind?, errorText: String?
+    ) throws -> Bool {
+        try pool.write { db in
+            try db.execute(
+                sql: """
+                    UPDATE smtp_configs
+                    SET status = :status, error_kind = :kind, error_text = :text,
+                        status_changed_at = CASE WHEN status = :status AND error_kind IS :kind
+                                                 THEN status_changed_at ELSE :now END
+                    WHERE id = :id AND settings_version = :version
+                    """,
+                arguments: [
+                    "status": status.rawValue, "kind": errorKind?.rawValue, "text": errorText,
+                    "now": Self.now(), "id": id, "version": settingsVersion,
+                ])
+            return db.changesCount > 0
+        }
+    }
+
+    // MARK: - Routes
+
+    /// Creates or moves the route for (tenant, kind, key).
+    public func setRoute(tenant: String, kind: RouteKind, key: String, configName: String) throws -> RouteRecord {
+        try pool.write { db in
+            let config = try Self.existing(db, tenant: tenant, name: configName)
+            try db.execute(
+                sql: """
+                    INSERT INTO routes (tenant, kind, key, config_id, created_at) VALUES (?, ?, ?, ?, ?)
+                    ON CONFLICT (tenant, kind, key) DO UPDATE SET config_id = excluded.config_id
+                    """,
+                arguments: [tenant, kind.rawValue, key, config.id, Self.now()])
+            return try RouteRecord
+                .filter(RouteRecord.Columns.tenant == tenant && RouteRecord.Columns.kind == kind.rawValue
+                    && RouteRecord.Columns.key == key)
+                .fetchOne(db)!
+        }
+    }
+
+    public func removeRoute(tenant: String, kind: RouteKind, key: String) throws {
+        try pool.write { db in
+            try db.execute(
+                sql: "DELETE FROM routes WHERE tenant = ? AND kind = ? AND key = ?",
+                arguments: [tenant, kind.rawValue, key])
+            if db.changesCount == 0 {
+                throw MailrouteError.notFound("route \(tenant) \(kind.rawValue) \(key)")
+            }
+        }
+    }
+
+    public func routes(tenant: String? = nil) throws -> [RouteRecord] {
+        try pool.read { db in
+            var request = RouteRecord.order(RouteRecord.Columns.tenant, RouteRecord.Columns.kind, RouteRecord.Columns.key)
+            if let tenant { request = request.filter(RouteRecord.Columns.tenant == tenant) }
+            return try request.fetchAll(db)
+        }
+    }
+
+    /// Everything routing needs, read in one transaction so configurations and routes agree.
+    public func routingTable(tenant: String? = nil) throws -> RoutingTable {
+        try pool.read { db in
+            var configs = SMTPConfigRecord.all()
+            var routes = RouteRecord.all()
+            if let tenant {
+                configs = configs.filter(SMTPConfigRecord.Columns.tenant == tenant)
+                routes = routes.filter(RouteRecord.Columns.tenant == tenant)
+            }
+            return RoutingTable(configs: try configs.fetchAll(db), routes: try routes.fetchAll(db))
+        }
+    }
+}

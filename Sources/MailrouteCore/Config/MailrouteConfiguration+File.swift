@@ -1,0 +1,241 @@
+import Foundation
+import TOMLKit
+
+/// A problem in the config file, naming the key (as `section.key`) that is wrong.
+public struct ConfigFileError: Error, CustomStringConvertible, Equatable {
+    public let description: String
+    init(_ description: String) { self.description = description }
+}
+
+extension MailrouteConfiguration {
+    /// Reads a TOML file. Relative paths inside it are taken relative to the file's own folder,
+    /// so `mailroutectl --config etc/x.toml` works from anywhere.
+    public init(contentsOfFile path: String) throws {
+        let text: String
+        do {
+            text = try String(contentsOfFile: path, encoding: .utf8)
+        } catch {
+            throw ConfigFileError("cannot read config file \(path): \(error.localizedDescription)")
+        }
+        let base = URL(fileURLWithPath: path).deletingLastPathComponent().path
+        do {
+            try self.init(toml: text, baseDirectory: base)
+        } catch let error as ConfigFileError {
+            throw ConfigFileError("\(path): \(error.description)")
+        }
+    }
+
+    /// Every key the file may hold is read here, and nowhere else.
+    public init(toml: String, baseDirectory: String) throws {
+        self.init()
+        let root: TOMLTable
+        do {
+            root = try TOMLTable(string: toml)
+        } catch let error as TOMLParseError {
+            throw ConfigFileError("invalid TOML at line \(error.source.begin.line): \(error.description)")
+        }
+        var file = TableReader(root, path: "")
+        let paths = PathResolver(base: baseDirectory)
+
+        if var t = try file.table("queue") {
+            try t.read("path", into: &queue.path, paths.resolve)
+            try t.read("poll_interval_s", into: &queue.pollIntervalSeconds, positive)
+            try t.read("lease_s", into: &queue.leaseSeconds, positive)
+            try t.read("retention_days", into: &queue.retentionDays, atLeast(0))
+            try t.finish()
+        }
+        if var t = try file.table("delivery") {
+            try t.read("helo_name", into: &delivery.heloName)
+            try t.read("connect_timeout_s", into: &delivery.connectTimeoutSeconds, positive)
+            try t.read("command_timeout_s", into: &delivery.commandTimeoutSeconds, positive)
+            try t.read("default_max_connections", into: &delivery.defaultMaxConnections, within(1...100))
+            try t.read("idle_timeout_s", into: &delivery.idleTimeoutSeconds, positive)
+            try t.read("max_messages_per_connection", into: &delivery.maxMessagesPerConnection, atLeast(1))
+            try t.read("retry_initial_s", into: &delivery.retryInitialSeconds, positive)
+            try t.read("retry_max_s", into: &delivery.retryMaxSeconds, positive)
+            try t.read("max_attempts", into: &delivery.maxAttempts, atLeast(1))
+            try t.read("cooldown_s", into: &delivery.cooldownSeconds, positive)
+            try t.finish()
+            if delivery.retryMaxSeconds < delivery.retryInitialSeconds {
+                throw ConfigFileError("delivery.retry_max_s must not be less than delivery.retry_initial_s")
+            }
+        }
+        if var t = try file.table("platform") {
+            try t.read("host", into: &platform.host, nonEmpty)
+            try t.read("port", into: &platform.port, within(1...65535))
+            try t.read("security", into: &platform.security, oneOf)
+            try t.read("username", into: &platform.username)
+            try t.read("password_file", into: &platform.passwordFile, paths.resolve)
+            try t.read("from_address", into: &platform.fromAddress, emailAddress)
+            try t.read("from_name", into: &platform.fromName)
+            try t.read("ca_file", into: &platform.caFile, paths.resolve)
+            try t.finish()
+        }
+        if var cats = try file.table("categories") {
+            for name in cats.keys {
+                guard Category.isValidName(name) else {
+                    throw ConfigFileError("categories.\(name): a category name is 1-64 of [a-z0-9_.-]")
+                }
+                guard var t = try cats.table(name) else { continue }
+                var category = categories[name] ?? .other
+                try t.read("priority", into: &category.priority, within(1...5))
+                var ttl = category.ttlSeconds ?? 0
+                try t.read("ttl_s", into: &ttl, atLeast(0))
+                category.ttlSeconds = ttl > 0 ? ttl : nil
+                try t.finish()
+                categories[name] = category
+            }
+            try cats.finish()
+        }
+        if var t = try file.table("secrets") {
+            try t.read("key_file", into: &secrets.keyFile, paths.resolve)
+            try t.finish()
+        }
+        if var t = try file.table("dkim") {
+            try t.read("keys_dir", into: &dkim.keysDirectory, paths.resolve)
+            try t.finish()
+        }
+        if var t = try file.table("log") {
+            try t.read("level", into: &log.level, oneOf)
+            try t.read("target", into: &log.target, oneOf)
+            try t.finish()
+        }
+        try file.finish()
+    }
+}
+
+extension MailrouteConfiguration.Category {
+    public static func isValidName(_ name: String) -> Bool {
+        (1...64).contains(name.utf8.count)
+            && name.utf8.allSatisfy { c in
+                (c >= 0x61 && c <= 0x7A) || (c >= 0x30 && c <= 0x39) || c == 0x5F || c == 0x2E || c == 0x2D
+            }
+    }
+}
+
+// MARK: - Reading helpers
+
+/// Reads keys out of one TOML table and remembers which it saw, so that `finish()`
+/// can name the first key nobody asked for.
+private struct TableReader {
+    let table: TOMLTable
+    let path: String
+    private var seen: Set<String> = []
+
+    init(_ table: TOMLTable, path: String) {
+        self.table = table
+        self.path = path
+    }
+
+    var keys: [String] { table.keys.sorted() }
+
+    func name(_ key: String) -> String { path.isEmpty ? key : "\(path).\(key)" }
+
+    mutating func table(_ key: String) throws -> TableReader? {
+        seen.insert(key)
+        guard let value = table[key] else { return nil }
+        guard let sub = value.table else {
+            throw ConfigFileError("\(name(key)) must be a table ([\(name(key))])")
+        }
+        return TableReader(sub, path: name(key))
+    }
+
+    mutating func read<T: TOMLReadable>(
+        _ key: String, into target: inout T, _ check: (T, String) throws -> T = { v, _ in v }
+    ) throws {
+        seen.insert(key)
+        guard let value = table[key] else { return }
+        guard let typed = T.read(value) else {
+            throw ConfigFileError("\(name(key)) must be \(T.tomlDescription)")
+        }
+        target = try check(typed, name(key))
+    }
+
+    mutating func read<T: RawRepresentable & CaseIterable>(
+        _ key: String, into target: inout T, _ check: (String, String, [String]) throws -> T
+    ) throws where T.RawValue == String {
+        seen.insert(key)
+        guard let value = table[key] else { return }
+        guard let text = value.string else {
+            throw ConfigFileError("\(name(key)) must be a string")
+        }
+        target = try check(text, name(key), T.allCases.map(\.rawValue))
+    }
+
+    func finish() throws {
+        if let unknown = table.keys.sorted().first(where: { !seen.contains($0) }) {
+            throw ConfigFileError("unknown key \(name(unknown))")
+        }
+    }
+}
+
+private protocol TOMLReadable {
+    static var tomlDescription: String { get }
+    static func read(_ value: TOMLValueConvertible) -> Self?
+}
+
+extension String: TOMLReadable {
+    static var tomlDescription: String { "a string" }
+    static func read(_ value: TOMLValueConvertible) -> String? { value.string }
+}
+
+extension Int: TOMLReadable {
+    static var tomlDescription: String { "an integer" }
+    static func read(_ value: TOMLValueConvertible) -> Int? { value.int }
+}
+
+extension Double: TOMLReadable {
+    static var tomlDescription: String { "a number" }
+    static func read(_ value: TOMLValueConvertible) -> Double? { value.double ?? value.int.map(Double.init) }
+}
+
+private struct PathResolver {
+    let base: String
+    func resolve(_ value: String, _ key: String) throws -> String {
+        if value.isEmpty || value.hasPrefix("/") { return value }
+        return URL(fileURLWithPath: value, relativeTo: URL(fileURLWithPath: base, isDirectory: true))
+            .standardizedFileURL.path
+    }
+}
+
+private func positive(_ value: Double, _ key: String) throws -> Double {
+    guard value > 0, value.isFinite else { throw ConfigFileError("\(key) must be a positive number") }
+    return value
+}
+
+private func atLeast<T: Comparable>(_ minimum: T) -> (T, String) throws -> T {
+    { value, key in
+        guard value >= minimum else { throw ConfigFileError("\(key) must be at least \(minimum)") }
+        return value
+    }
+}
+
+private func within(_ range: ClosedRange<Int>) -> (Int, String) throws -> Int {
+    { value, key in
+        guard range.contains(value) else {
+            throw ConfigFileError("\(key) must be between \(range.lowerBound) and \(range.upperBound)")
+        }
+        return value
+    }
+}
+
+private func nonEmpty(_ value: String, _ key: String) throws -> String {
+    guard !value.isEmpty else { throw ConfigFileError("\(key) must not be empty") }
+    return value
+}
+
+private func emailAddress(_ value: String, _ key: String) throws -> String {
+    do {
+        return try EmailAddress(parsing: value).address
+    } catch {
+        throw ConfigFileError("\(key): \(error)")
+    }
+}
+
+private func oneOf<T: RawRepresentable>(_ text: String, _ key: String, _ allowed: [String]) throws -> T
+where T.RawValue == String {
+    guard let value = T(rawValue: text) else {
+        throw ConfigFileError("\(key) must be one of \(allowed.joined(separator: ", ")), not \"\(text)\"")
+    }
+    return value
+}

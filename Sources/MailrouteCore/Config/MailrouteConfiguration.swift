@@ -1,0 +1,114 @@
+import Foundation
+
+/// Everything `mailroute.toml` can say. Every property has a default, so an empty
+/// file is a valid configuration; `MailrouteConfiguration+File.swift` lists every key.
+public struct MailrouteConfiguration: Sendable, Equatable {
+    public var queue = Queue()
+    public var delivery = Delivery()
+    public var platform = Platform()
+    /// Per-category priority and TTL; always holds the built-in categories.
+    public var categories: [String: Category] = Category.builtIn
+    public var secrets = Secrets()
+    public var dkim = DKIM()
+    public var log = Log()
+
+    public init() {}
+
+    public struct Queue: Sendable, Equatable {
+        /// The SQLite queue database.
+        public var path = "/var/lib/mailroute/queue.db"
+        /// Upper bound between two looks at the queue when nothing signals a change.
+        public var pollIntervalSeconds = 0.1
+        /// How long a claimed row stays `sending` before another daemon may take it back.
+        public var leaseSeconds = 300.0
+        /// Sent messages (row, body, attachments, attempts) are purged after this many days.
+        public var retentionDays = 30
+        public init() {}
+    }
+
+    public struct Delivery: Sendable, Equatable {
+        /// Name sent in EHLO; empty means this host's name.
+        public var heloName = ""
+        /// TCP connect plus the greeting, EHLO, STARTTLS and AUTH.
+        public var connectTimeoutSeconds = 15.0
+        /// Longest wait for any one server reply, or for progress while sending data.
+        public var commandTimeoutSeconds = 60.0
+        /// Pool size of a configuration that sets none.
+        public var defaultMaxConnections = 4
+        /// A pooled connection unused for this long is closed.
+        public var idleTimeoutSeconds = 60.0
+        /// A pooled connection is closed after this many messages.
+        public var maxMessagesPerConnection = 100
+        public var retryInitialSeconds = 30.0
+        public var retryMaxSeconds = 3600.0
+        public var maxAttempts = 10
+        /// After a configuration-level failure, how long before a probe may try it again.
+        public var cooldownSeconds = 300.0
+        public init() {}
+
+        public var effectiveHeloName: String {
+            if !heloName.isEmpty { return heloName }
+            return ProcessInfo.processInfo.hostName
+        }
+    }
+
+    /// The platform's own relay: the last routing step and the fallback target.
+    public struct Platform: Sendable, Equatable {
+        public var host = "127.0.0.1"
+        public var port = 25
+        public var security = SMTPSecurity.none
+        public var username = ""
+        /// A file holding the relay's password; never the password itself.
+        public var passwordFile = ""
+        public var fromAddress = "mailroute@localhost"
+        public var fromName = "Mailroute"
+        public var caFile = ""
+        public init() {}
+    }
+
+    public struct Category: Sendable, Equatable {
+        public var priority: Int
+        /// Unsent messages of this category expire after this many seconds; nil = never.
+        public var ttlSeconds: Double?
+        public init(priority: Int, ttlSeconds: Double? = nil) {
+            self.priority = priority
+            self.ttlSeconds = ttlSeconds
+        }
+
+        public static let other = Category(priority: 3)
+        public static let builtIn: [String: Category] = [
+            "password_reset": Category(priority: 1, ttlSeconds: 3600),
+            "invite": Category(priority: 2),
+            "call_notification": Category(priority: 2),
+            "report": Category(priority: 4),
+        ]
+    }
+
+    public struct Secrets: Sendable, Equatable {
+        /// Used when the systemd credential `mailroute.key` is absent.
+        public var keyFile = "/etc/mailroute/mailroute.key"
+        public init() {}
+    }
+
+    public struct DKIM: Sendable, Equatable {
+        /// Holds `DOMAIN.SELECTOR.pem` private keys.
+        public var keysDirectory = "/etc/mailroute/dkim"
+        public init() {}
+    }
+
+    public struct Log: Sendable, Equatable {
+        public enum Level: String, Sendable, CaseIterable {
+            case trace, debug, info, notice, warning, error, critical
+        }
+        public enum Target: String, Sendable, CaseIterable {
+            case auto, journal, stderr
+        }
+        public var level = Level.info
+        public var target = Target.auto
+        public init() {}
+    }
+
+    public func category(_ name: String) -> Category {
+        categories[name] ?? .other
+    }
+}

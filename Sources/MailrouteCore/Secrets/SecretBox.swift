@@ -1,0 +1,105 @@
+@preconcurrency import Crypto
+import Foundation
+
+/// Seals SMTP passwords with AES-256-GCM. The key lives outside the database: the systemd
+/// credential `mailroute.key` (under `$CREDENTIALS_DIRECTORY`) or `[secrets] key_file`.
+public struct SecretBox: Sendable {
+    private let key: SymmetricKey
+    /// Binds ciphertexts to their use, so a sealed password cannot be replayed as another secret kind.
+    private static let context = Data("mailroute smtp password v1".utf8)
+    private static let version: UInt8 = 1
+
+    public init(key: SymmetricKey) {
+        self.key = key
+    }
+
+    public func seal(_ secret: String) throws -> Data {
+        let box = try AES.GCM.seal(Data(secret.utf8), using: key, authenticating: Self.context)
+        guard let combined = box.combined else { throw SecretError.sealFailed }
+        return Data([Self.version]) + combined
+    }
+
+    public func open(_ sealed: Data) throws -> String {
+        guard sealed.first == Self.version else { throw SecretError.unknownFormat }
+        do {
+            let box = try AES.GCM.SealedBox(combined: sealed.dropFirst())
+            let plain = try AES.GCM.open(box, using: key, authenticating: Self.context)
+            return String(decoding: plain, as: UTF8.self)
+        } catch {
+            throw SecretError.wrongKey
+        }
+    }
+}
+
+public enum SecretError: Error, CustomStringConvertible, Equatable {
+    case noKey(searched: [String])
+    case badKeyFile(String)
+    case keyFileExists(String)
+    case sealFailed
+    case unknownFormat
+    case wrongKey
+
+    public var description: String {
+        switch self {
+        case .noKey(let searched):
+            "no encryption key found (looked in \(searched.joined(separator: ", "))); create one with `mailroutectl key generate`"
+        case .badKeyFile(let path):
+            "\(path) does not hold a key: expected 32 bytes, base64-encoded on one line"
+        case .keyFileExists(let path):
+            "\(path) already exists; replacing it would make every stored password unreadable"
+        case .sealFailed: "could not encrypt the password"
+        case .unknownFormat: "a stored password has an unknown format"
+        case .wrongKey: "a stored password cannot be decrypted with this key (was the key replaced?)"
+        }
+    }
+}
+
+/// Finds, reads and creates the key file.
+public enum KeyFile {
+    public static let credentialName = "mailroute.key"
+
+    /// The places the key may be, in the order they are tried.
+    public static func candidates(configured: String, environment: [String: String]) -> [String] {
+        var paths: [String] = []
+        if let dir = environment["CREDENTIALS_DIRECTORY"], !dir.isEmpty {
+            paths.append("\(dir)/\(credentialName)")
+        }
+        if !configured.isEmpty { paths.append(configured) }
+        return paths
+    }
+
+    public static func load(configured: String, environment: [String: String] = ProcessInfo.processInfo.environment) throws -> SecretBox {
+        let paths = candidates(configured: configured, environment: environment)
+        for path in paths where FileManager.default.fileExists(atPath: path) {
+            return SecretBox(key: try read(path))
+        }
+        throw SecretError.noKey(searched: paths)
+    }
+
+    static func read(_ path: String) throws -> SymmetricKey {
+        guard let data = FileManager.default.contents(atPath: path) else { throw SecretError.badKeyFile(path) }
+        let text = String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+        guard let bytes = Data(base64Encoded: text), bytes.count == 32 else { throw SecretError.badKeyFile(path) }
+        return SymmetricKey(data: bytes)
+    }
+
+    /// Writes a new random key with mode 0600, never over an existing file.
+    public static func generate(at path: String) throws {
+        let key = SymmetricKey(size: .bits256)
+        let text = key.withUnsafeBytes { Data($0).base64EncodedString() } + "\n"
+        let directory = URL(fileURLWithPath: path).deletingLastPathComponent().path
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        // O_EXCL: two operators running this at once must not both "win".
+        let fd = open(path, O_WRONLY | O_CREAT | O_EXCL, 0o600)
+        guard fd >= 0 else {
+            if errno == EEXIST { throw SecretError.keyFileExists(path) }
+            throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO)
+        }
+        defer { close(fd) }
+        let written = text.utf8CString.withUnsafeBufferPointer { buf in
+            write(fd, buf.baseAddress, buf.count - 1)
+        }
+        guard written == text.utf8.count else { throw POSIXError(.EIO) }
+        fsync(fd)
+    }
+}

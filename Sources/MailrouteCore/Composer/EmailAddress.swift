@@ -1,0 +1,140 @@
+/// One mailbox, parsed per RFC 5322 (`a@x.com`, `Name <a@x.com>`, `"Last, First" <a@x.com>`),
+/// never by splitting on commas. The result is safe to put in a header and an SMTP envelope.
+public struct EmailAddress: Sendable, Hashable, CustomStringConvertible {
+    /// The addr-spec, as sent in MAIL FROM / RCPT TO.
+    public let address: String
+    /// The display name, unquoted; nil when none was given.
+    public let displayName: String?
+
+    public init(address: String, displayName: String? = nil) throws(EmailAddressError) {
+        let parsed = try EmailAddress(parsing: address)
+        guard parsed.displayName == nil else { throw EmailAddressError("\"\(address)\" is not a bare address") }
+        if let displayName, displayName.contains(where: { $0 == "\r" || $0 == "\n" || $0 == "\0" }) {
+            throw EmailAddressError("a display name may not contain CR, LF or NUL")
+        }
+        self.address = parsed.address
+        self.displayName = displayName.flatMap { $0.isEmpty ? nil : $0 }
+    }
+
+    public init(parsing text: String) throws(EmailAddressError) {
+        if text.contains(where: { $0 == "\r" || $0 == "\n" || $0 == "\0" }) {
+            throw EmailAddressError("an address may not contain CR, LF or NUL")
+        }
+        let trimmed = text.trimmingSpaces
+        guard !trimmed.isEmpty else { throw EmailAddressError("empty address") }
+
+        if trimmed.hasSuffix(">") {
+            guard let open = trimmed.lastIndex(of: "<") else {
+                throw EmailAddressError("\"\(text)\": unbalanced angle brackets")
+            }
+            let spec = String(trimmed[trimmed.index(after: open)..<trimmed.index(before: trimmed.endIndex)])
+            let phrase = String(trimmed[..<open]).trimmingSpaces
+            self.address = try Self.validateAddrSpec(spec, original: text)
+            self.displayName = try phrase.isEmpty ? nil : Self.parsePhrase(phrase, original: text)
+        } else {
+            self.address = try Self.validateAddrSpec(trimmed, original: text)
+            self.displayName = nil
+        }
+    }
+
+    public var domain: String {
+        String(address[address.index(after: address.lastIndex(of: "@")!)...])
+    }
+
+    public var description: String {
+        guard let displayName else { return address }
+        return "\(displayName) <\(address)>"
+    }
+
+    // MARK: - Grammar
+
+    private static let atext: Set<Character> = Set(
+        "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!#$%&'*+-/=?^_`{|}~")
+
+    private static func validateAddrSpec(_ spec: String, original: String) throws(EmailAddressError) -> String {
+        guard let at = spec.lastIndex(of: "@") else {
+            throw EmailAddressError("\"\(original)\" has no @")
+        }
+        let local = String(spec[..<at])
+        let domain = String(spec[spec.index(after: at)...])
+        guard !local.isEmpty else { throw EmailAddressError("\"\(original)\" has an empty local part") }
+        guard local.utf8.count <= 64 else { throw EmailAddressError("\"\(original)\": local part longer than 64 octets") }
+        if local.hasPrefix("\"") {
+            guard local.count >= 2, local.hasSuffix("\""),
+                local.dropFirst().dropLast().allSatisfy({ $0.isASCII && $0 != "\"" || $0 == " " })
+            else { throw EmailAddressError("\"\(original)\": malformed quoted local part") }
+        } else {
+            let atoms = local.split(separator: ".", omittingEmptySubsequences: false)
+            guard atoms.allSatisfy({ !$0.isEmpty && $0.allSatisfy { atext.contains($0) } }) else {
+                throw EmailAddressError("\"\(original)\": invalid character or dot in the local part")
+            }
+        }
+        try validateDomain(domain, original: original)
+        return "\(local)@\(domain)"
+    }
+
+    private static func validateDomain(_ domain: String, original: String) throws(EmailAddressError) {
+        guard !domain.isEmpty else { throw EmailAddressError("\"\(original)\" has an empty domain") }
+        if domain.hasPrefix("[") {
+            guard domain.hasSuffix("]"), domain.count > 2,
+                domain.dropFirst().dropLast().allSatisfy({ $0.isASCII && ($0.isHexDigit || $0 == "." || $0 == ":" || $0.isLetter) })
+            else { throw EmailAddressError("\"\(original)\": malformed address literal") }
+            return
+        }
+        guard domain.allSatisfy(\.isASCII) else {
+            throw EmailAddressError("\"\(original)\": internationalized domains must be given in punycode (xn--…)")
+        }
+        guard domain.utf8.count <= 253 else { throw EmailAddressError("\"\(original)\": domain longer than 253 octets") }
+        let labels = domain.split(separator: ".", omittingEmptySubsequences: false)
+        for label in labels {
+            guard (1...63).contains(label.utf8.count),
+                label.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "-" }),
+                label.first != "-", label.last != "-"
+            else { throw EmailAddressError("\"\(original)\": invalid domain \"\(domain)\"") }
+        }
+    }
+
+    /// A display name: words, or quoted strings with backslash escapes.
+    private static func parsePhrase(_ phrase: String, original: String) throws(EmailAddressError) -> String {
+        var result = ""
+        var iterator = phrase.makeIterator()
+        var inQuotes = false
+        while let c = iterator.next() {
+            if inQuotes {
+                switch c {
+                case "\\":
+                    guard let escaped = iterator.next() else {
+                        throw EmailAddressError("\"\(original)\": dangling backslash in the display name")
+                    }
+                    result.append(escaped)
+                case "\"": inQuotes = false
+                default: result.append(c)
+                }
+            } else {
+                switch c {
+                case "\"": inQuotes = true
+                case "<", ">", "@", ",", ";", ":", "[", "]", "\\":
+                    throw EmailAddressError("\"\(original)\": \"\(c)\" in a display name must be quoted")
+                default: result.append(c)
+                }
+            }
+        }
+        guard !inQuotes else { throw EmailAddressError("\"\(original)\": unterminated quote in the display name") }
+        let name = result.trimmingSpaces
+        return name
+    }
+}
+
+public struct EmailAddressError: Error, CustomStringConvertible, Equatable, Sendable {
+    public let description: String
+    init(_ description: String) { self.description = description }
+}
+
+extension String {
+    var trimmingSpaces: String {
+        var s = Substring(self)
+        while let f = s.first, f == " " || f == "\t" { s.removeFirst() }
+        while let l = s.last, l == " " || l == "\t" { s.removeLast() }
+        return String(s)
+    }
+}

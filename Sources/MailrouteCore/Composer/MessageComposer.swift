@@ -1,0 +1,228 @@
+import Foundation
+
+/// What a message says, before it becomes bytes.
+public struct OutgoingMessage: Sendable {
+    public var from: EmailAddress
+    public var to: [EmailAddress]
+    public var cc: [EmailAddress] = []
+    public var replyTo: EmailAddress?
+    public var subject: String
+    public var textBody: String?
+    public var htmlBody: String?
+    public var attachments: [Attachment] = []
+    /// Extra headers, already checked to be safe names and values.
+    public var extraHeaders: [(name: String, value: String)] = []
+    public var date = Date()
+
+    public struct Attachment: Sendable {
+        public var filename: String
+        public var contentType: String
+        public var content: [UInt8]
+        public init(filename: String, contentType: String, content: [UInt8]) {
+            self.filename = filename
+            self.contentType = contentType
+            self.content = content
+        }
+    }
+
+    public init(from: EmailAddress, to: [EmailAddress], subject: String, textBody: String? = nil, htmlBody: String? = nil) {
+        self.from = from
+        self.to = to
+        self.subject = subject
+        self.textBody = textBody
+        self.htmlBody = htmlBody
+    }
+}
+
+/// RFC 5322 + MIME: CRLF line ends, every line under 998 octets, non-ASCII headers as
+/// RFC 2047 encoded words, UTF-8 bodies in quoted-printable, attachments in base64.
+public enum MessageComposer {
+    public struct Composed: Sendable {
+        public var bytes: [UInt8]
+        /// Without angle brackets.
+        public var messageID: String
+    }
+
+    public static func compose(_ message: OutgoingMessage) -> Composed {
+        let messageID = "\(UUID().uuidString.lowercased())@\(message.from.domain)"
+        var head = HeaderWriter()
+        head.add("Date", rfc5322Date(message.date))
+        head.add("From", encodeMailboxes([message.from]))
+        head.add("To", encodeMailboxes(message.to))
+        if !message.cc.isEmpty { head.add("Cc", encodeMailboxes(message.cc)) }
+        if let replyTo = message.replyTo { head.add("Reply-To", encodeMailboxes([replyTo])) }
+        head.add("Message-ID", "<\(messageID)>")
+        head.add("Subject", encodeUnstructured(message.subject))
+        for (name, value) in message.extraHeaders { head.add(name, encodeUnstructured(value)) }
+        head.add("MIME-Version", "1.0")
+
+        var body = Part.body(text: message.textBody, html: message.htmlBody)
+        if !message.attachments.isEmpty {
+            body = .multipart("mixed", [body] + message.attachments.map(Part.attachment))
+        }
+        var out = head.text
+        body.write(into: &out)
+        return Composed(bytes: Array(out.utf8), messageID: messageID)
+    }
+
+    // MARK: - Headers
+
+    static func rfc5322Date(_ date: Date) -> String {
+        let formatter = DateFormatter()
+        formatter.locale = Locale(identifier: "en_US_POSIX")
+        formatter.timeZone = TimeZone(identifier: "UTC")
+        formatter.dateFormat = "EEE, dd MMM yyyy HH:mm:ss '+0000'"
+        return formatter.string(from: date)
+    }
+
+    static func encodeMailboxes(_ boxes: [EmailAddress]) -> String {
+        boxes.map { box in
+            guard let name = box.displayName, !name.isEmpty else { return box.address }
+            return "\(encodePhrase(name)) <\(box.address)>"
+        }.joined(separator: ",\r\n ")
+    }
+
+    /// A display name: as is when it is plain atoms, quoted when it has specials, encoded when not ASCII.
+    static func encodePhrase(_ name: String) -> String {
+        if !name.allSatisfy({ $0.isASCII && !$0.isNewline }) { return encodedWords(name) }
+        let atomChars = CharacterSet(charactersIn: "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!#$%&'*+-/=?^_`{|}~ ")
+        if name.unicodeScalars.allSatisfy({ atomChars.contains($0) }) { return name }
+        let escaped = name.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"")
+        return "\"\(escaped)\""
+    }
+
+    static func encodeUnstructured(_ text: String) -> String {
+        let plain = text.allSatisfy { $0.isASCII && $0 != "\r" && $0 != "\n" }
+        // Encoded words also carry ASCII that looks like one, or words too long to fold.
+        if plain && !text.contains("=?") && !text.split(separator: " ").contains(where: { $0.utf8.count > 900 }) {
+            return text
+        }
+        return encodedWords(text)
+    }
+
+    /// RFC 2047 B-encoding in words of at most 75 octets, split on character boundaries.
+    static func encodedWords(_ text: String) -> String {
+        let maxPayload = 45  // 45 bytes -> 60 base64 chars + 12 of framing = 72
+        var words: [String] = []
+        var chunk: [UInt8] = []
+        for character in text {
+            let bytes = Array(String(character).utf8)
+            if chunk.count + bytes.count > maxPayload, !chunk.isEmpty {
+                words.append("=?UTF-8?B?\(Data(chunk).base64EncodedString())?=")
+                chunk.removeAll()
+            }
+            chunk += bytes
+        }
+        if !chunk.isEmpty || words.isEmpty { words.append("=?UTF-8?B?\(Data(chunk).base64EncodedString())?=") }
+        return words.joined(separator: "\r\n ")
+    }
+
+    // MARK: - Bodies
+
+    indirect enum Part {
+        case leaf(headers: [(String, String)], body: String)
+        case multipart(String, [Part])
+
+        static func body(text: String?, html: String?) -> Part {
+            switch (text, html) {
+            case let (text?, html?): .multipart("alternative", [textLeaf(text, "plain"), textLeaf(html, "html")])
+            case let (nil, html?): textLeaf(html, "html")
+            case let (text, nil): textLeaf(text ?? "", "plain")
+            }
+        }
+
+        static func textLeaf(_ text: String, _ subtype: String) -> Part {
+            .leaf(
+                headers: [("Content-Type", "text/\(subtype); charset=utf-8"), ("Content-Transfer-Encoding", "quoted-printable")],
+                body: quotedPrintable(text))
+        }
+
+        static func attachment(_ a: OutgoingMessage.Attachment) -> Part {
+            let name = parameterValue(a.filename)
+            return .leaf(
+                headers: [
+                    ("Content-Type", "\(a.contentType); name=\(name)"),
+                    ("Content-Disposition", "attachment; filename=\(name)"),
+                    ("Content-Transfer-Encoding", "base64"),
+                ],
+                body: base64Lines(a.content))
+        }
+
+        func write(into out: inout String) {
+            switch self {
+            case .leaf(let headers, let body):
+                for (name, value) in headers { out += "\(name): \(value)\r\n" }
+                out += "\r\n"
+                out += body
+                if !body.hasSuffix("\r\n") { out += "\r\n" }
+            case .multipart(let subtype, let parts):
+                let boundary = "=_mr_\(UUID().uuidString.replacingOccurrences(of: "-", with: ""))"
+                out += "Content-Type: multipart/\(subtype); boundary=\"\(boundary)\"\r\n\r\n"
+                for part in parts {
+                    out += "--\(boundary)\r\n"
+                    part.write(into: &out)
+                }
+                out += "--\(boundary)--\r\n"
+            }
+        }
+    }
+
+    /// Base64 in lines of 76 characters, each ended by CRLF.
+    static func base64Lines(_ bytes: [UInt8]) -> String {
+        let encoded = Array(Data(bytes).base64EncodedString().utf8)
+        var out: [UInt8] = []
+        out.reserveCapacity(encoded.count + encoded.count / 38 + 2)
+        var start = 0
+        while start < encoded.count {
+            let end = min(start + 76, encoded.count)
+            out += encoded[start..<end]
+            out += [13, 10]
+            start = end
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    /// A MIME parameter value: quoted ASCII, or an encoded word for other names (what mail clients read).
+    static func parameterValue(_ value: String) -> String {
+        if value.allSatisfy({ $0.isASCII && $0 >= " " && $0 != "\"" && $0 != "\\" }) { return "\"\(value)\"" }
+        return "\"\(encodedWords(value).replacingOccurrences(of: "\r\n ", with: " "))\""
+    }
+
+    /// Quoted-printable (RFC 2045) over UTF-8 with CRLF line ends and soft breaks at 76.
+    static func quotedPrintable(_ text: String) -> String {
+        let hex = Array("0123456789ABCDEF".utf8)
+        var out: [UInt8] = []
+        out.reserveCapacity(text.utf8.count + text.utf8.count / 8)
+        let normalized = text.replacingOccurrences(of: "\r\n", with: "\n").replacingOccurrences(of: "\r", with: "\n")
+        for line in normalized.split(separator: "\n", omittingEmptySubsequences: false) {
+            var column = 0
+            let bytes = Array(line.utf8)
+            for (i, b) in bytes.enumerated() {
+                let isLast = i == bytes.count - 1
+                let literal = (b >= 33 && b <= 126 && b != UInt8(ascii: "=")) || ((b == 32 || b == 9) && !isLast)
+                let width = literal ? 1 : 3
+                if column + width > 75 {
+                    out += Array("=\r\n".utf8)
+                    column = 0
+                }
+                if literal {
+                    out.append(b)
+                } else {
+                    out += [UInt8(ascii: "="), hex[Int(b >> 4)], hex[Int(b & 0xF)]]
+                }
+                column += width
+            }
+            out += [13, 10]
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+}
+
+/// Collects headers, folding none itself: every value handed to it is already one line or
+/// folded with CRLF SP by the encoders above.
+struct HeaderWriter {
+    var text = ""
+    mutating func add(_ name: String, _ value: String) {
+        text += "\(name): \(value)\r\n"
+    }
+}

@@ -1,0 +1,47 @@
+/// Where and how to connect and log in: everything a connection needs, and the identity
+/// a pool compares to know that a configuration's connection settings changed.
+public struct SMTPEndpoint: Sendable, Equatable, CustomStringConvertible {
+    public var host: String
+    public var port: Int
+    public var security: SMTPSecurity
+    public var username: String?
+    /// Clear text only in memory, only for libcurl; `description` never shows it.
+    public var password: String?
+    /// PEM bundle that replaces the system CAs, for private CAs.
+    public var caFile: String?
+    public var heloName: String
+    public var connectTimeoutSeconds: Double
+    public var commandTimeoutSeconds: Double
+    /// An idle pooled connection older than this is not reused.
+    public var maxIdleSeconds: Double
+
+    public init(
+        host: String, port: Int, security: SMTPSecurity, username: String? = nil, password: String? = nil,
+        caFile: String? = nil, heloName: String = "localhost", connectTimeoutSeconds: Double = 15,
+        commandTimeoutSeconds: Double = 60, maxIdleSeconds: Double = 60
+    ) {
+        self.host = host
+        self.port = port
+        self.security = security
+        self.username = username.flatMap { $0.isEmpty ? nil : $0 }
+        self.password = password
+        self.caFile = caFile.flatMap { $0.isEmpty ? nil : $0 }
+        self.heloName = heloName
+        self.connectTimeoutSeconds = connectTimeoutSeconds
+        self.commandTimeoutSeconds = commandTimeoutSeconds
+        self.maxIdleSeconds = maxIdleSeconds
+    }
+
+    /// `host:port`, as logs and the attempts table show it.
+    public var server: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
+
+    /// The URL libcurl connects to; its path is the EHLO name.
+    var url: String {
+        let scheme = security == .tls ? "smtps" : "smtp"
+        return "\(scheme)://\(server)/\(heloName)"
+    }
+
+    public var description: String {
+        "\(security.rawValue)://\(server)\(username.map { " as \($0)" } ?? "")"
+    }
+}

@@ -1,0 +1,36 @@
+import ArgumentParser
+import MailrouteCore
+
+struct MigrateCommand: CtlCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "migrate", abstract: "Create or upgrade the queue database schema (either program also does it on open).")
+    @OptionGroup var global: GlobalOptions
+
+    func execute() throws {
+        let service = try global.open()
+        let applied = try service.store.appliedMigrations()
+        if global.json { return try Output.json(["database": service.store.path, "migrations": applied.joined(separator: ",")]) }
+        print("\(service.store.path): schema up to date (\(applied.joined(separator: ", ")))")
+    }
+}
+
+struct KeyCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "key", abstract: "Manage the key that encrypts SMTP passwords.", subcommands: [KeyGenerate.self])
+}
+
+struct KeyGenerate: CtlCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "generate",
+        abstract: "Write a new random key (mode 0600) to [secrets] key_file or --output; never overwrites one.")
+    @OptionGroup var global: GlobalOptions
+    @Option(help: "Where to write the key (default: [secrets] key_file).") var output: String?
+
+    func execute() throws {
+        let path = try output ?? global.settings().secrets.keyFile
+        try KeyFile.generate(at: path)
+        if global.json { return try Output.json(["key_file": path]) }
+        print("wrote a new key to \(path)")
+        print("under systemd, pass it as a credential: LoadCredential=\(KeyFile.credentialName):\(path)")
+    }
+}

@@ -1,0 +1,100 @@
+import ArgumentParser
+import Foundation
+import GRDB
+import MailrouteCore
+
+extension SMTPSecurity: ExpressibleByArgument {}
+extension FallbackPolicy: ExpressibleByArgument {}
+extension DKIMMode: ExpressibleByArgument {}
+extension MessageStatus: ExpressibleByArgument {}
+
+/// Options every command takes.
+struct GlobalOptions: ParsableArguments {
+    @Option(name: .long, help: "The config file (default: $MAILROUTE_CONFIG, else /etc/mailroute/mailroute.toml).")
+    var config: String?
+
+    @Flag(name: .long, help: "Print JSON instead of a table.")
+    var json = false
+
+    var configPath: String {
+        config ?? ProcessInfo.processInfo.environment["MAILROUTE_CONFIG"] ?? "/etc/mailroute/mailroute.toml"
+    }
+
+    func settings() throws -> MailrouteConfiguration {
+        try MailrouteConfiguration(contentsOfFile: configPath)
+    }
+
+    /// Loads the config file and opens (and migrates) the queue database.
+    func open() throws -> ConfigurationService {
+        let settings = try settings()
+        let store = try QueueStore(path: settings.queue.path)
+        return ConfigurationService(settings: settings, store: store)
+    }
+}
+
+/// A `mailroutectl` command: its errors become one line on stderr and exit status 1.
+protocol CtlCommand: ParsableCommand {
+    func execute() throws
+}
+
+extension CtlCommand {
+    func run() throws {
+        do {
+            try execute()
+        } catch let exit as ExitCode {
+            throw exit
+        } catch {
+            FileHandle.standardError.write(Data("mailroutectl: \(describe(error))\n".utf8))
+            throw ExitCode.failure
+        }
+    }
+}
+
+/// One line an operator can act on, whatever threw.
+func describe(_ error: Error) -> String {
+    switch error {
+    case let error as DatabaseError:
+        // SQLite's own sentence names the column or the constraint that refused the change.
+        return error.message ?? "\(error)"
+    case let error as CustomStringConvertible:
+        return error.description.split(separator: "\n").joined(separator: " ")
+    default:
+        return "\(error)"
+    }
+}
+
+enum Output {
+    static func json<T: Encodable>(_ value: T) throws {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+        encoder.keyEncodingStrategy = .convertToSnakeCase
+        let data = try encoder.encode(value)
+        print(String(decoding: data, as: UTF8.self))
+    }
+
+    /// Columns padded to their widest cell; the last column is not padded.
+    static func table(_ header: [String], _ rows: [[String]]) {
+        let all = [header] + rows
+        let widths = header.indices.map { column in all.map { $0[column].count }.max() ?? 0 }
+        for row in all {
+            let cells = row.enumerated().map { index, cell in
+                index == row.count - 1 ? cell : cell.padding(toLength: widths[index], withPad: " ", startingAt: 0)
+            }
+            print(cells.joined(separator: "  "))
+        }
+    }
+
+    static func fields(_ pairs: [(String, String)]) {
+        let width = pairs.map(\.0.count).max() ?? 0
+        for (key, value) in pairs {
+            print("\(key.padding(toLength: width, withPad: " ", startingAt: 0))  \(value)")
+        }
+    }
+}
+
+func formatTime(_ seconds: Double?) -> String {
+    guard let seconds else { return "-" }
+    let formatter = ISO8601DateFormatter()
+    formatter.formatOptions = [.withInternetDateTime]
+    return formatter.string(from: Date(timeIntervalSince1970: seconds))
+}

@@ -1,0 +1,45 @@
+import ArgumentParser
+import Foundation
+import Logging
+import MailrouteCore
+import ServiceLifecycle
+
+/// `mailrouted`: parses its one option and hands over to `MailrouteDaemon`.
+@available(macOS 10.15, *)
+public struct MailrouteDaemonCommand: AsyncParsableCommand {
+    public static let configuration = CommandConfiguration(
+        commandName: "mailrouted", abstract: "Mailroute's delivery daemon.")
+
+    @Option(help: "The config file (default: $MAILROUTE_CONFIG, else /etc/mailroute/mailroute.toml).")
+    var config: String?
+
+    public init() {}
+
+    /// Parses and runs; what `main()` would do if Swift picked its async overload from main.swift.
+    public static func start() async {
+        do {
+            var command = try parseAsRoot()
+            if let daemon = command as? MailrouteDaemonCommand {
+                try await daemon.run()
+            } else {
+                try command.run()
+            }
+        } catch {
+            exit(withError: error)
+        }
+    }
+
+    public func run() async throws {
+        let path = config ?? ProcessInfo.processInfo.environment["MAILROUTE_CONFIG"] ?? "/etc/mailroute/mailroute.toml"
+        LoggingSystem.bootstrap(StreamLogHandler.standardError)
+        var logger = Logger(label: "mailrouted")
+        do {
+            let settings = try MailrouteConfiguration(contentsOfFile: path)
+            logger.logLevel = Logger.Level(rawValue: settings.log.level.rawValue) ?? .info
+            try await MailrouteDaemon(settings: settings, configPath: path, logger: logger).run()
+        } catch {
+            logger.critical("cannot start: \(error)")
+            throw ExitCode.failure
+        }
+    }
+}

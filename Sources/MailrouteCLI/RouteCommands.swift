@@ -1,0 +1,115 @@
+import ArgumentParser
+import MailrouteCore
+
+struct RouteCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "route", abstract: "Assign advertisers, whitelabel CNAMEs and categories to configurations.",
+        subcommands: [RouteSet.self, RouteList.self, RouteRemove.self, RouteResolve.self])
+}
+
+/// Exactly one of the three route keys.
+struct RouteKeyOptions: ParsableArguments {
+    @Option(help: "An advertiser id.") var advertiser: String?
+    @Option(help: "A whitelabel domain (no wildcards).") var cname: String?
+    @Option(help: "A message category.") var category: String?
+
+    func validate() throws {
+        if [advertiser, cname, category].compactMap({ $0 }).count != 1 {
+            throw ValidationError("give exactly one of --advertiser, --cname, --category")
+        }
+    }
+
+    var key: (RouteKind, String) {
+        if let advertiser { return (.advertiser, advertiser) }
+        if let cname { return (.cname, cname) }
+        return (.category, category!)
+    }
+}
+
+struct RouteSet: CtlCommand {
+    static let configuration = CommandConfiguration(commandName: "set", abstract: "Route a key to a configuration.")
+    @OptionGroup var global: GlobalOptions
+    @Option(help: "The tenant.") var tenant: String
+    @OptionGroup var keys: RouteKeyOptions
+    @Option(help: "Name of the tenant's configuration.") var config: String
+
+    func execute() throws {
+        let service = try global.open()
+        let (kind, key) = keys.key
+        let route = try service.setRoute(tenant: tenant, kind: kind, key: key, configName: config)
+        if global.json { return try Output.json(RouteView(tenant: route.tenant, kind: kind.rawValue, key: route.key, config: "\(tenant)/\(config)")) }
+        print("\(tenant) \(kind.rawValue) \(route.key) -> \(tenant)/\(config)")
+    }
+}
+
+struct RouteList: CtlCommand {
+    static let configuration = CommandConfiguration(commandName: "list", abstract: "List routes.")
+    @OptionGroup var global: GlobalOptions
+    @Option(help: "Only this tenant's.") var tenant: String?
+
+    func execute() throws {
+        let service = try global.open()
+        let table = try service.store.routingTable(tenant: tenant)
+        let views = try service.store.routes(tenant: tenant).map { route in
+            RouteView(
+                tenant: route.tenant, kind: route.kind.rawValue, key: route.key,
+                config: table.configs[route.configId].map(\.label) ?? "?")
+        }
+        if global.json { return try Output.json(views) }
+        Output.table(["TENANT", "KIND", "KEY", "CONFIG"], views.map { [$0.tenant, $0.kind, $0.key, $0.config] })
+    }
+}
+
+struct RouteRemove: CtlCommand {
+    static let configuration = CommandConfiguration(commandName: "remove", abstract: "Remove a route.")
+    @OptionGroup var global: GlobalOptions
+    @Option(help: "The tenant.") var tenant: String
+    @OptionGroup var keys: RouteKeyOptions
+
+    func execute() throws {
+        let service = try global.open()
+        let (kind, key) = keys.key
+        try service.removeRoute(tenant: tenant, kind: kind, key: key)
+        if global.json { return try Output.json(["removed": "\(tenant) \(kind.rawValue) \(key)"]) }
+        print("removed \(tenant) \(kind.rawValue) \(key)")
+    }
+}
+
+struct RouteResolve: CtlCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "resolve", abstract: "Say which configuration a message with these keys would use, and why.")
+    @OptionGroup var global: GlobalOptions
+    @Option(help: "The tenant (omit for platform mail).") var tenant: String?
+    @Option(help: "Advertiser id.") var advertiser: String?
+    @Option(help: "Whitelabel domain.") var cname: String?
+    @Option(help: "Message category.") var category: String?
+
+    func execute() throws {
+        let service = try global.open()
+        let resolution = try service.resolve(
+            RoutingKeys(tenant: tenant, advertiser: advertiser, cname: cname, category: category))
+        let platform = service.settings.platform
+        let config = resolution.config
+        let view = ResolutionView(
+            tenant: tenant, route: resolution.step.rawValue, config: config?.label,
+            server: config.map { "\($0.host):\($0.port)" } ?? "\(platform.host):\(platform.port)",
+            fromAddress: config?.fromAddress ?? platform.fromAddress,
+            authorizedDomains: config?.authorizedDomainList, authorizedSenders: config?.authorizedSenderList,
+            trail: resolution.trail)
+        if global.json { return try Output.json(view) }
+        var fields = [
+            ("configuration", view.config ?? "platform relay"),
+            ("route", view.route),
+            ("server", view.server ?? "-"),
+            ("from", view.fromAddress ?? "-"),
+        ]
+        if let config {
+            fields.append(("status", config.status.rawValue + (config.errorKind.map { " (\($0.rawValue))" } ?? "")))
+            fields.append(("authorized domains", config.authorizedDomainList.isEmpty ? "(any)" : config.authorizedDomainList.joined(separator: "; ")))
+            fields.append(("authorized senders", config.authorizedSenderList.isEmpty ? "(any)" : config.authorizedSenderList.joined(separator: "; ")))
+        }
+        Output.fields(fields)
+        print("why:")
+        for line in resolution.trail { print("  \(line)") }
+    }
+}

@@ -1,0 +1,158 @@
+import Foundation
+
+/// The operations behind `mailroutectl config` and `route`: SPEC §2's rules on top of the store.
+public struct ConfigurationService: Sendable {
+    public let settings: MailrouteConfiguration
+    public let store: QueueStore
+    private let environment: [String: String]
+
+    public init(settings: MailrouteConfiguration, store: QueueStore, environment: [String: String] = ProcessInfo.processInfo.environment) {
+        self.settings = settings
+        self.store = store
+        self.environment = environment
+    }
+
+    func secretBox() throws -> SecretBox {
+        try KeyFile.load(configured: settings.secrets.keyFile, environment: environment)
+    }
+
+    // MARK: - Configurations
+
+    public func add(tenant: String, input: SMTPConfigInput) throws -> SMTPConfigRecord {
+        let tenant = try Validate.identifier(tenant, field: "--tenant")
+        guard let name = input.name else { throw MailrouteError.invalid(field: "--name", reason: "is required") }
+        guard let host = input.host else { throw MailrouteError.invalid(field: "--host", reason: "is required") }
+        guard let from = input.fromAddress else { throw MailrouteError.invalid(field: "--from-address", reason: "is required") }
+        var record = SMTPConfigRecord(tenant: tenant, name: name, host: host, fromAddress: from)
+        try input.apply(to: &record, seal: { try secretBox().seal($0) })
+        return try store.insertConfig(record)
+    }
+
+    public func edit(_ ref: ConfigRef, input: SMTPConfigInput) throws -> SMTPConfigRecord {
+        var record = try existing(ref)
+        try input.apply(to: &record, seal: { try secretBox().seal($0) })
+        return try store.updateConfig(record)
+    }
+
+    public func existing(_ ref: ConfigRef) throws -> SMTPConfigRecord {
+        guard let record = try store.config(tenant: ref.tenant, name: ref.name) else {
+            throw MailrouteError.notFound("configuration \(ref)")
+        }
+        return record
+    }
+
+    /// The endpoint libcurl connects to, with the password opened for this use only.
+    public func endpoint(for record: SMTPConfigRecord) throws -> SMTPEndpoint {
+        let password = try record.passwordSealed.map { try secretBox().open($0) }
+        let delivery = settings.delivery
+        return SMTPEndpoint(
+            host: record.host, port: record.port, security: record.security, username: record.username,
+            password: password, caFile: record.caFile, heloName: delivery.effectiveHeloName,
+            connectTimeoutSeconds: delivery.connectTimeoutSeconds, commandTimeoutSeconds: delivery.commandTimeoutSeconds,
+            maxIdleSeconds: delivery.idleTimeoutSeconds)
+    }
+
+    /// Logs in and QUITs, sending nothing; records the result as the configuration's status.
+    public func verify(_ ref: ConfigRef) throws -> VerificationResult {
+        let record = try existing(ref)
+        let endpoint = try endpoint(for: record)
+        let result = SMTPConnection(endpoint: endpoint).verify()
+        return try recordOutcome(result.map { _ in nil }, for: record)
+    }
+
+    /// Sends a short real message to `recipient` and records the outcome as the status.
+    public func test(_ ref: ConfigRef, to recipient: String) throws -> VerificationResult {
+        let record = try existing(ref)
+        let to = try EmailAddress(parsing: recipient)
+        let endpoint = try endpoint(for: record)
+        var message = OutgoingMessage(
+            from: try EmailAddress(address: record.fromAddress, displayName: record.fromName),
+            to: [to],
+            subject: "Mailroute test of \(record.label)",
+            textBody: """
+                This is a test message from Mailroute.
+
+                It was sent through \(endpoint.server) (\(record.security.rawValue)) with the SMTP configuration \(record.label).
+                If you can read it, this configuration delivers mail.
+                """)
+        if let replyTo = record.replyTo { message.replyTo = try EmailAddress(address: replyTo) }
+        let composed = MessageComposer.compose(message)
+        let result = SMTPConnection(endpoint: endpoint).send(from: record.fromAddress, to: [to.address], data: composed.bytes)
+            .flatMap { report -> Result<String?, DeliveryError> in
+                // The one recipient refused while libcurl was told to tolerate refusals.
+                if let refused = report.refused.first {
+                    let reply = SMTPReply(refused.reply)
+                    return .failure(
+                        DeliveryError(
+                            kind: refused.temporary ? .temporaryFailure : .recipientRejected, smtpCode: reply?.code,
+                            enhancedCode: reply?.enhancedCode, text: refused.reply, isTemporary: refused.temporary))
+                }
+                return .success(report.reply?.line)
+            }
+        return try recordOutcome(result, for: record)
+    }
+
+    private func recordOutcome(_ result: Result<String?, DeliveryError>, for record: SMTPConfigRecord) throws -> VerificationResult {
+        switch result {
+        case .success(let reply):
+            try store.recordConfigStatus(id: record.id!, settingsVersion: record.settingsVersion, status: .verified, errorKind: nil, errorText: nil)
+            return VerificationResult(config: record.label, server: "\(record.host):\(record.port)", error: nil, finalReply: reply)
+        case .failure(let error):
+            try store.recordConfigStatus(
+                id: record.id!, settingsVersion: record.settingsVersion, status: .error, errorKind: error.configErrorKind,
+                errorText: error.text)
+            return VerificationResult(config: record.label, server: "\(record.host):\(record.port)", error: error, finalReply: nil)
+        }
+    }
+
+    // MARK: - Routes
+
+    public func setRoute(tenant: String, kind: RouteKind, key: String, configName: String) throws -> RouteRecord {
+        let tenant = try Validate.identifier(tenant, field: "--tenant")
+        let key = try Validate.routeKey(key, kind: kind)
+        return try store.setRoute(tenant: tenant, kind: kind, key: key, configName: configName)
+    }
+
+    public func removeRoute(tenant: String, kind: RouteKind, key: String) throws {
+        let key = try Validate.routeKey(key, kind: kind)
+        try store.removeRoute(tenant: tenant, kind: kind, key: key)
+    }
+
+    public func resolve(_ keys: RoutingKeys) throws -> RouteResolution {
+        var keys = keys
+        if let cname = keys.cname { keys.cname = try Validate.routeKey(cname, kind: .cname) }
+        let table = try store.routingTable(tenant: keys.tenant)
+        return Router.resolve(keys, in: table)
+    }
+}
+
+/// `tenant/name`, how the CLI names one configuration.
+public struct ConfigRef: Sendable, Equatable, CustomStringConvertible {
+    public var tenant: String
+    public var name: String
+
+    public init(tenant: String, name: String) {
+        self.tenant = tenant
+        self.name = name
+    }
+
+    public init(parsing text: String) throws {
+        let parts = text.split(separator: "/", omittingEmptySubsequences: false)
+        guard parts.count == 2, !parts[0].isEmpty, !parts[1].isEmpty else {
+            throw MailrouteError.invalid(field: "configuration", reason: "\"\(text)\" must be written TENANT/NAME")
+        }
+        self.init(tenant: String(parts[0]), name: String(parts[1]))
+    }
+
+    public var description: String { "\(tenant)/\(name)" }
+}
+
+public struct VerificationResult: Sendable {
+    public var config: String
+    public var server: String
+    public var error: DeliveryError?
+    /// For `test`: the server's reply to the message (`250 2.0.0 Ok: queued as …`).
+    public var finalReply: String?
+
+    public var succeeded: Bool { error == nil }
+}

@@ -1,0 +1,3 @@
+import MailrouteCLI
+
+MailrouteCtl.main(arguments: Array(CommandLine.arguments.dropFirst()))

@@ -1,0 +1,3 @@
+import MailrouteCLI
+
+await MailrouteDaemonCommand.start()

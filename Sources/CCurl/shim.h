@@ -29,6 +29,9 @@ static inline CURLcode mr_curl_setopt_debug_function(CURL *h, mr_curl_debug_call
 static inline CURLcode mr_curl_getinfo_long(CURL *h, CURLINFO i, long *out) {
     return curl_easy_getinfo(h, i, out);
 }
+static inline CURLcode mr_curl_getinfo_socket(CURL *h, curl_socket_t *out) {
+    return curl_easy_getinfo(h, CURLINFO_ACTIVESOCKET, out);
+}
 
 // Spelled with three L in 7.88's headers; newer releases add the two-L alias.
 static inline CURLoption mr_curl_opt_mail_rcpt_allowfails(void) {

@@ -1,0 +1,80 @@
+import Crypto
+import Foundation
+import Testing
+
+@testable import MailrouteCore
+
+@Suite struct EmailAddressTests {
+    @Test(arguments: [
+        ("a@example.com", "a@example.com", nil),
+        ("Jane Doe <jane@example.com>", "jane@example.com", "Jane Doe"),
+        (#""Doe, Jane" <jane@example.com>"#, "jane@example.com", "Doe, Jane"),
+        (#""Say \"hi\"" <x@example.com>"#, "x@example.com", #"Say "hi""#),
+        ("Zoë Ünicode <z@example.com>", "z@example.com", "Zoë Ünicode"),
+        ("  first.last+tag@sub.example.co.uk  ", "first.last+tag@sub.example.co.uk", nil),
+    ] as [(String, String, String?)])
+    func parses(input: String, address: String, name: String?) throws {
+        let parsed = try EmailAddress(parsing: input)
+        #expect(parsed.address == address)
+        #expect(parsed.displayName == name)
+    }
+
+    @Test(arguments: [
+        "", "no-at-sign", "@example.com", "a@", "a@@example.com", "a b@example.com", "a@exa mple.com",
+        "a@example.com\r\nBcc: x@y.com", "Doe, Jane <jane@example.com>", "a..b@example.com", "a@-bad-.com",
+        "a@bücher.de", "<a@example.com", "a@example.com>",
+    ])
+    func refuses(input: String) {
+        #expect(throws: EmailAddressError.self) { try EmailAddress(parsing: input) }
+    }
+}
+
+@Suite struct SecretTests {
+    @Test func sealOpenRoundTripAndNoPlaintext() throws {
+        let box = SecretBox(key: SymmetricKey(size: .bits256))
+        let sealed = try box.seal("hunter2-very-secret")
+        #expect(!String(decoding: sealed, as: UTF8.self).contains("hunter2"))
+        #expect(try box.open(sealed) == "hunter2-very-secret")
+        #expect(try box.seal("same") != box.seal("same"), "each seal has a fresh nonce")
+    }
+
+    @Test func anotherKeyCannotOpen() throws {
+        let sealed = try SecretBox(key: SymmetricKey(size: .bits256)).seal("pw")
+        #expect(throws: SecretError.wrongKey) { try SecretBox(key: SymmetricKey(size: .bits256)).open(sealed) }
+    }
+
+    @Test func keyFileIsPrivateAndNeverOverwritten() throws {
+        let path = Paths.temporaryDirectory("key").appendingPathComponent("sub/mailroute.key").path
+        try KeyFile.generate(at: path)
+        let mode = try FileManager.default.attributesOfItem(atPath: path)[.posixPermissions] as? Int
+        #expect(mode == 0o600)
+        let before = FileManager.default.contents(atPath: path)
+        #expect(throws: SecretError.keyFileExists(path)) { try KeyFile.generate(at: path) }
+        #expect(FileManager.default.contents(atPath: path) == before)
+        _ = try KeyFile.load(configured: path, environment: [:])
+    }
+
+    @Test func systemdCredentialWinsOverTheKeyFile() throws {
+        let dir = Paths.temporaryDirectory("cred")
+        try KeyFile.generate(at: dir.appendingPathComponent("mailroute.key").path)
+        let other = Paths.temporaryDirectory("cred2").appendingPathComponent("k").path
+        try KeyFile.generate(at: other)
+        let sealed = try KeyFile.load(configured: other, environment: ["CREDENTIALS_DIRECTORY": dir.path]).seal("x")
+        #expect(throws: SecretError.wrongKey) { try KeyFile.load(configured: other, environment: [:]).open(sealed) }
+    }
+
+    @Test func missingKeySaysWhereItLooked() {
+        let error = #expect(throws: SecretError.self) {
+            try KeyFile.load(configured: "/nonexistent/k", environment: ["CREDENTIALS_DIRECTORY": "/run/creds"])
+        }
+        #expect(error?.description.contains("/run/creds/mailroute.key") == true)
+        #expect(error?.description.contains("/nonexistent/k") == true)
+        #expect(error?.description.contains("key generate") == true)
+    }
+
+    @Test func badKeyFileIsRefused() throws {
+        let path = Paths.temporaryDirectory("bad").appendingPathComponent("k").path
+        try "not a key\n".write(toFile: path, atomically: true, encoding: .utf8)
+        #expect(throws: SecretError.badKeyFile(path)) { try KeyFile.load(configured: path, environment: [:]) }
+    }
+}

@@ -1,0 +1,120 @@
+import Foundation
+import GRDB
+import Testing
+
+@testable import MailrouteCore
+
+/// The queue is a contract with other services: they INSERT with plain SQL, so these tests
+/// do too, and check that every bad value is refused with a message naming the column.
+@Suite struct SchemaTests {
+    let store: QueueStore
+
+    init() throws {
+        store = try QueueStore(path: Paths.temporaryDirectory("schema").appendingPathComponent("q.db").path)
+    }
+
+    /// A valid row with one column replaced.
+    func insert(_ overrides: [String: DatabaseValue] = [:]) throws {
+        var columns: [String: DatabaseValue] = [
+            "tenant": "acme".databaseValue, "category": "report".databaseValue,
+            "rcpt_to": #"["a@example.com"]"#.databaseValue, "subject": "Weekly report".databaseValue,
+            "text_body": "Hello".databaseValue,
+        ]
+        for (k, v) in overrides { columns[k] = v }
+        let names = columns.keys.sorted()
+        try store.pool.write { db in
+            try db.execute(
+                sql: "INSERT INTO messages (\(names.joined(separator: ", "))) VALUES (\(names.map { _ in "?" }.joined(separator: ", ")))",
+                arguments: StatementArguments(names.map { columns[$0]! }))
+        }
+    }
+
+    @Test func aValidRowGetsTheDaemonsDefaults() throws {
+        try insert([
+            "priority": 2.databaseValue, "cc": #"["Boss <boss@example.com>"]"#.databaseValue,
+            "headers": #"{"X-Campaign": "42"}"#.databaseValue,
+        ])
+        let row = try store.pool.read { db in try MessageRecord.fetchOne(db)! }
+        #expect(row.status == .queued)
+        #expect(row.attempts == 0)
+        #expect(abs((row.createdAt ?? 0) - Date().timeIntervalSince1970) < 60)
+    }
+
+    @Test(arguments: [
+        (["priority": (0).databaseValue], "priority"),
+        (["priority": (6).databaseValue], "priority"),
+        (["priority": ("high").databaseValue], "priority"),
+        (["rcpt_to": ("[]").databaseValue], "rcpt_to"),
+        (["rcpt_to": ("a@example.com").databaseValue], "rcpt_to"),
+        (["rcpt_to": (#"{"to": "a@example.com"}"#).databaseValue], "rcpt_to"),
+        (["rcpt_to": ("[42]").databaseValue], "rcpt_to"),
+        (["rcpt_to": (#"["a@x.com\r\nBcc: evil@x.com"]"#).databaseValue], "rcpt_to"),
+        (["rcpt_to": .null], "rcpt_to"),
+        (["cc": ("x@example.com").databaseValue], "cc"),
+        (["cc": ("[null]").databaseValue], "cc"),
+        (["bcc": (#"{"a": 1}"#).databaseValue], "bcc"),
+        (["subject": ("Hi\r\nBcc: evil@example.com").databaseValue], "subject"),
+        (["subject": ("line\nbreak").databaseValue], "subject"),
+        (["subject": .null], "subject"),
+        (["text_body": .null], "text_body or html_body"),
+        (["category": ("Report").databaseValue], "category"),
+        (["category": ("").databaseValue], "category"),
+        (["category": ("a b").databaseValue], "category"),
+        (["category": (String(repeating: "a", count: 65)).databaseValue], "category"),
+        (["category": .null], "category"),
+        (["headers": ("[]").databaseValue], "headers"),
+        (["headers": ("not json").databaseValue], "headers"),
+        (["headers": (#"{"From": "ceo@example.com"}"#).databaseValue], "headers may not set From"),
+        (["headers": (#"{"message-id": "<x@y>"}"#).databaseValue], "headers may not set"),
+        (["headers": (#"{"bcc": "x@y.com"}"#).databaseValue], "headers may not set"),
+        (["headers": (#"{"X-A": "1\r\nBcc: evil@example.com"}"#).databaseValue], "headers"),
+        (["headers": (#"{"X A": "1"}"#).databaseValue], "headers"),
+        (["headers": (#"{"X-A": 1}"#).databaseValue], "headers"),
+        (["mail_from": ("a@x.com\r\nBcc: y@x.com").databaseValue], "mail_from"),
+        (["from_name": ("Evil\nBcc: y@x.com").databaseValue], "from_name"),
+        (["reply_to": ("a@x.com\rX: y").databaseValue], "reply_to"),
+        (["tenant": ("").databaseValue], "tenant"),
+        (["send_at": ("tomorrow").databaseValue], "send_at"),
+        (["expires_at": ("never").databaseValue], "expires_at"),
+        (["status": ("bogus").databaseValue], "status"),
+    ] as [([String: DatabaseValue], String)])
+    func checkRefusesBadRowNamingTheColumn(overrides: [String: DatabaseValue], column: String) throws {
+        let error = #expect(throws: DatabaseError.self) { try insert(overrides) }
+        #expect(error?.message?.contains(column) == true, "\(error?.message ?? "no message") should name \(column)")
+        #expect(try store.pool.read { db in try MessageRecord.fetchCount(db) } == 0)
+    }
+
+    @Test func duplicateIdempotencyKeyIsRefused() throws {
+        try insert(["idempotency_key": "invite-42".databaseValue])
+        let error = #expect(throws: DatabaseError.self) { try insert(["idempotency_key": "invite-42".databaseValue]) }
+        #expect(error?.message?.contains("idempotency_key") == true)
+        try insert(["idempotency_key": "invite-43".databaseValue])
+        #expect(try store.pool.read { db in try MessageRecord.fetchCount(db) } == 2)
+    }
+
+    @Test func attachmentsAreCheckedAndGoWithTheirMessage() throws {
+        try insert()
+        try store.pool.write { db in
+            try db.execute(
+                sql: "INSERT INTO attachments (message_id, filename, content_type, content) VALUES (1, 'r.pdf', 'application/pdf', x'25504446')")
+            #expect(throws: DatabaseError.self) {
+                try db.execute(sql: "INSERT INTO attachments (message_id, filename, content) VALUES (1, 'a\r\nb', x'00')")
+            }
+            #expect(throws: DatabaseError.self) {
+                try db.execute(sql: "INSERT INTO attachments (message_id, filename, content_type, content) VALUES (1, 'a', 'pdf', x'00')")
+            }
+            try db.execute(sql: "DELETE FROM messages")
+            #expect(try Int.fetchOne(db, sql: "SELECT count(*) FROM attachments") == 0)
+        }
+    }
+
+    @Test func theDatabaseIsInWALMode() throws {
+        let mode = try store.pool.read { db in try String.fetchOne(db, sql: "PRAGMA journal_mode") }
+        #expect(mode == "wal")
+    }
+
+    @Test func reopeningDoesNotRerunMigrations() throws {
+        let again = try QueueStore(path: store.path)
+        #expect(try again.appliedMigrations() == ["v1-schema"])
+    }
+}

@@ -7,9 +7,9 @@ struct MigrateCommand: CtlCommand {
     @OptionGroup var global: GlobalOptions
 
     func execute() throws {
-        let service = try global.open()
+        let service = try global.context.open()
         let applied = try service.store.appliedMigrations()
-        if global.json { return try Output.json(["database": service.store.path, "migrations": applied.joined(separator: ",")]) }
+        if global.context.json { return try Output.json(["database": service.store.path, "migrations": applied.joined(separator: ",")]) }
         print("\(service.store.path): schema up to date (\(applied.joined(separator: ", ")))")
     }
 }
@@ -27,9 +27,9 @@ struct KeyGenerate: CtlCommand {
     @Option(help: "Where to write the key (default: [secrets] key_file).") var output: String?
 
     func execute() throws {
-        let path = try output ?? global.settings().secrets.keyFile
+        let path = try output ?? global.context.settings().secrets.keyFile
         try KeyFile.generate(at: path)
-        if global.json { return try Output.json(["key_file": path]) }
+        if global.context.json { return try Output.json(["key_file": path]) }
         print("wrote a new key to \(path)")
         print("under systemd, pass it as a credential: LoadCredential=\(KeyFile.credentialName):\(path)")
     }

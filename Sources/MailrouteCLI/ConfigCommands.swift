@@ -71,9 +71,9 @@ struct ConfigAdd: CtlCommand {
     @OptionGroup var settings: ConfigSettingsOptions
 
     func execute() throws {
-        let service = try global.open()
+        let service = try global.context.open()
         let record = try service.add(tenant: tenant, input: try settings.input())
-        try ConfigShow.show(record, service: service, json: global.json)
+        try ConfigShow.show(record, service: service, json: global.context.json)
     }
 }
 
@@ -85,9 +85,9 @@ struct ConfigEdit: CtlCommand {
     @OptionGroup var settings: ConfigSettingsOptions
 
     func execute() throws {
-        let service = try global.open()
+        let service = try global.context.open()
         let record = try service.edit(try ConfigRef(parsing: ref), input: try settings.input())
-        try ConfigShow.show(record, service: service, json: global.json)
+        try ConfigShow.show(record, service: service, json: global.context.json)
     }
 }
 
@@ -97,10 +97,10 @@ struct ConfigList: CtlCommand {
     @Option(help: "Only this tenant's.") var tenant: String?
 
     func execute() throws {
-        let service = try global.open()
+        let service = try global.context.open()
         let records = try service.store.configs(tenant: tenant)
         let defaultMax = service.settings.delivery.defaultMaxConnections
-        if global.json {
+        if global.context.json {
             try Output.json(records.map { ConfigView($0, defaultMaxConnections: defaultMax) })
             return
         }
@@ -122,8 +122,8 @@ struct ConfigShow: CtlCommand {
     @Argument(help: "TENANT/NAME") var ref: String
 
     func execute() throws {
-        let service = try global.open()
-        try Self.show(try service.existing(try ConfigRef(parsing: ref)), service: service, json: global.json)
+        let service = try global.context.open()
+        try Self.show(try service.existing(try ConfigRef(parsing: ref)), service: service, json: global.context.json)
     }
 
     static func show(_ r: SMTPConfigRecord, service: ConfigurationService, json: Bool) throws {
@@ -165,10 +165,10 @@ struct ConfigDelete: CtlCommand {
     @Argument(help: "TENANT/NAME") var ref: String
 
     func execute() throws {
-        let service = try global.open()
+        let service = try global.context.open()
         let config = try ConfigRef(parsing: ref)
         let routes = try service.store.deleteConfig(tenant: config.tenant, name: config.name)
-        if global.json { return try Output.json(["deleted": config.description, "routes_removed": "\(routes)"]) }
+        if global.context.json { return try Output.json(["deleted": config.description, "routes_removed": "\(routes)"]) }
         print("deleted \(config) and \(routes) route(s) to it")
     }
 }
@@ -179,10 +179,10 @@ struct ConfigSetDefault: CtlCommand {
     @Argument(help: "TENANT/NAME") var ref: String
 
     func execute() throws {
-        let service = try global.open()
+        let service = try global.context.open()
         let config = try ConfigRef(parsing: ref)
         try service.store.setDefault(tenant: config.tenant, name: config.name)
-        if global.json { return try Output.json(["default": config.description]) }
+        if global.context.json { return try Output.json(["default": config.description]) }
         print("\(config) is now the default of tenant \(config.tenant)")
     }
 }
@@ -195,10 +195,10 @@ struct ConfigEnable: CtlCommand {
     func execute() throws { try ConfigEnable.set(ref, enabled: true, global: global) }
 
     static func set(_ ref: String, enabled: Bool, global: GlobalOptions) throws {
-        let service = try global.open()
+        let service = try global.context.open()
         let config = try ConfigRef(parsing: ref)
         try service.store.setEnabled(tenant: config.tenant, name: config.name, enabled: enabled)
-        if global.json { return try Output.json(["config": config.description, "enabled": enabled ? "true" : "false"]) }
+        if global.context.json { return try Output.json(["config": config.description, "enabled": enabled ? "true" : "false"]) }
         print("\(config) \(enabled ? "enabled" : "disabled")")
     }
 }
@@ -219,9 +219,9 @@ struct ConfigVerify: CtlCommand {
     @Argument(help: "TENANT/NAME") var ref: String
 
     func execute() throws {
-        let service = try global.open()
+        let service = try global.context.open()
         let result = try service.verify(try ConfigRef(parsing: ref))
-        try ConfigVerify.report(result, json: global.json, success: "verified: \(result.config) accepted the connection and login")
+        try ConfigVerify.report(result, json: global.context.json, success: "verified: \(result.config) accepted the connection and login")
     }
 
     static func report(_ result: VerificationResult, json: Bool, success: String) throws {
@@ -251,8 +251,8 @@ struct ConfigTest: CtlCommand {
     @Option(help: "Recipient of the test message.") var to: String
 
     func execute() throws {
-        let service = try global.open()
+        let service = try global.context.open()
         let result = try service.test(try ConfigRef(parsing: ref), to: to)
-        try ConfigVerify.report(result, json: global.json, success: "sent: test message to \(to) through \(result.config)")
+        try ConfigVerify.report(result, json: global.context.json, success: "sent: test message to \(to) through \(result.config)")
     }
 }

@@ -10,14 +10,35 @@ extension MessageStatus: ExpressibleByArgument {}
 
 /// Options every command takes.
 struct GlobalOptions: ParsableArguments {
-    @Option(name: .long, help: "The config file (default: $MAILROUTE_CONFIG, else /etc/mailroute/mailroute.toml).")
-    var config: String?
+    @Option(
+        name: [.customLong("config"), .customLong("config-file")],
+        help: "The config file (default: $MAILROUTE_CONFIG, else /etc/mailroute/mailroute.toml).")
+    var configFile: String?
 
     @Flag(name: .long, help: "Print JSON instead of a table.")
     var json = false
 
+    var context: CtlContext { CtlContext(configFile: configFile, json: json) }
+}
+
+/// The global options of `route set`, whose own `--config` names a configuration (SPEC §5):
+/// there the file is `--config-file`, or `--config` before the subcommand.
+struct GlobalOptionsWithoutConfig: ParsableArguments {
+    @Option(name: .customLong("config-file"), help: "The config file (default: $MAILROUTE_CONFIG, else /etc/mailroute/mailroute.toml).")
+    var configFile: String?
+
+    @Flag(name: .long, help: "Print JSON instead of a table.")
+    var json = false
+
+    var context: CtlContext { CtlContext(configFile: configFile, json: json) }
+}
+
+struct CtlContext {
+    var configFile: String?
+    var json: Bool
+
     var configPath: String {
-        config ?? ProcessInfo.processInfo.environment["MAILROUTE_CONFIG"] ?? "/etc/mailroute/mailroute.toml"
+        configFile ?? ProcessInfo.processInfo.environment["MAILROUTE_CONFIG"] ?? "/etc/mailroute/mailroute.toml"
     }
 
     func settings() throws -> MailrouteConfiguration {

@@ -1,4 +1,5 @@
 import ArgumentParser
+import Foundation
 
 /// `mailroutectl`: the operator's and the application's tool (SPEC §5).
 public struct MailrouteCtl: ParsableCommand {
@@ -9,26 +10,24 @@ public struct MailrouteCtl: ParsableCommand {
 
     public init() {}
 
-    /// Runs with `--config` and `--json` accepted before the subcommand too
-    /// (`mailroutectl --config F config list`), as operators type them.
+    /// Runs with `--config FILE` and `--json` accepted before the subcommand too
+    /// (`mailroutectl --config F route set … --config N`), as operators type them.
+    /// A leading `--config` becomes `$MAILROUTE_CONFIG`, because after the subcommand
+    /// `route set --config` names a configuration.
     public static func main(arguments: [String]) {
-        main(hoistingGlobalOptions(arguments))
-    }
-
-    static func hoistingGlobalOptions(_ arguments: [String]) -> [String] {
-        var leading: [String] = []
         var rest = arguments[...]
-        while let first = rest.first, first.hasPrefix("--") {
-            if first == "--config", rest.count >= 2 {
-                leading += rest.prefix(2)
+        var trailing: [String] = []
+        while let first = rest.first {
+            if first == "--config" || first == "--config-file", rest.count >= 2 {
+                setenv("MAILROUTE_CONFIG", rest[rest.startIndex + 1], 1)
                 rest = rest.dropFirst(2)
-            } else if first.hasPrefix("--config=") || first == "--json" {
-                leading.append(first)
+            } else if first == "--json" {
+                trailing.append(first)
                 rest = rest.dropFirst()
             } else {
                 break
             }
         }
-        return Array(rest) + leading
+        main(Array(rest) + trailing)
     }
 }

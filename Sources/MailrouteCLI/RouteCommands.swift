@@ -28,16 +28,16 @@ struct RouteKeyOptions: ParsableArguments {
 
 struct RouteSet: CtlCommand {
     static let configuration = CommandConfiguration(commandName: "set", abstract: "Route a key to a configuration.")
-    @OptionGroup var global: GlobalOptions
+    @OptionGroup var global: GlobalOptionsWithoutConfig
     @Option(help: "The tenant.") var tenant: String
     @OptionGroup var keys: RouteKeyOptions
     @Option(help: "Name of the tenant's configuration.") var config: String
 
     func execute() throws {
-        let service = try global.open()
+        let service = try global.context.open()
         let (kind, key) = keys.key
         let route = try service.setRoute(tenant: tenant, kind: kind, key: key, configName: config)
-        if global.json { return try Output.json(RouteView(tenant: route.tenant, kind: kind.rawValue, key: route.key, config: "\(tenant)/\(config)")) }
+        if global.context.json { return try Output.json(RouteView(tenant: route.tenant, kind: kind.rawValue, key: route.key, config: "\(tenant)/\(config)")) }
         print("\(tenant) \(kind.rawValue) \(route.key) -> \(tenant)/\(config)")
     }
 }
@@ -48,14 +48,14 @@ struct RouteList: CtlCommand {
     @Option(help: "Only this tenant's.") var tenant: String?
 
     func execute() throws {
-        let service = try global.open()
+        let service = try global.context.open()
         let table = try service.store.routingTable(tenant: tenant)
         let views = try service.store.routes(tenant: tenant).map { route in
             RouteView(
                 tenant: route.tenant, kind: route.kind.rawValue, key: route.key,
                 config: table.configs[route.configId].map(\.label) ?? "?")
         }
-        if global.json { return try Output.json(views) }
+        if global.context.json { return try Output.json(views) }
         Output.table(["TENANT", "KIND", "KEY", "CONFIG"], views.map { [$0.tenant, $0.kind, $0.key, $0.config] })
     }
 }
@@ -67,10 +67,10 @@ struct RouteRemove: CtlCommand {
     @OptionGroup var keys: RouteKeyOptions
 
     func execute() throws {
-        let service = try global.open()
+        let service = try global.context.open()
         let (kind, key) = keys.key
         try service.removeRoute(tenant: tenant, kind: kind, key: key)
-        if global.json { return try Output.json(["removed": "\(tenant) \(kind.rawValue) \(key)"]) }
+        if global.context.json { return try Output.json(["removed": "\(tenant) \(kind.rawValue) \(key)"]) }
         print("removed \(tenant) \(kind.rawValue) \(key)")
     }
 }
@@ -85,7 +85,7 @@ struct RouteResolve: CtlCommand {
     @Option(help: "Message category.") var category: String?
 
     func execute() throws {
-        let service = try global.open()
+        let service = try global.context.open()
         let resolution = try service.resolve(
             RoutingKeys(tenant: tenant, advertiser: advertiser, cname: cname, category: category))
         let platform = service.settings.platform
@@ -96,7 +96,7 @@ struct RouteResolve: CtlCommand {
             fromAddress: config?.fromAddress ?? platform.fromAddress,
             authorizedDomains: config?.authorizedDomainList, authorizedSenders: config?.authorizedSenderList,
             trail: resolution.trail)
-        if global.json { return try Output.json(view) }
+        if global.context.json { return try Output.json(view) }
         var fields = [
             ("configuration", view.config ?? "platform relay"),
             ("route", view.route),

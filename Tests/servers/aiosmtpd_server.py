@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import ssl
 import sys
 
@@ -30,6 +31,8 @@ def parse_args():
     return p.parse_args()
 
 
+# A parent that spawned us from a thread with signals blocked must still be able to stop us.
+signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGTERM, signal.SIGINT])
 args = parse_args()
 os.makedirs(args.out, exist_ok=True)
 counter = {"n": 0}

@@ -31,9 +31,11 @@ public struct MailrouteDaemon: Sendable {
                 "tenants": "\(Set(configs.map(\.tenant)).count)",
                 "platform_relay": "\(platform.host):\(platform.port)",
             ])
+        let notifier = SystemdNotifier()
+        notifier.ready(status: "\(configs.count) SMTP configuration(s); delivery not enabled in this version")
         let group = ServiceGroup(
             configuration: .init(
-                services: [.init(service: IdleService())],
+                services: [.init(service: IdleService(notifier: notifier))],
                 gracefulShutdownSignals: [.sigterm, .sigint],
                 logger: logger))
         try await group.run()
@@ -43,7 +45,10 @@ public struct MailrouteDaemon: Sendable {
 
 /// Holds the group open until shutdown is requested.
 struct IdleService: Service {
+    let notifier: SystemdNotifier
+
     func run() async throws {
         try? await gracefulShutdown()
+        notifier.stopping()
     }
 }

@@ -69,7 +69,8 @@ final class SMTPTestServer: @unchecked Sendable {
     }
 
     deinit {
-        process.terminate()
+        // SIGKILL: a child spawned from a dispatch thread may inherit a blocked SIGTERM.
+        kill(process.processIdentifier, SIGKILL)
         process.waitUntilExit()
     }
 

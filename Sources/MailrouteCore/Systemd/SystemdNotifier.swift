@@ -1,0 +1,15 @@
+import CSystemd
+
+/// sd_notify(3): tells systemd (when `$NOTIFY_SOCKET` is set) what the daemon is doing.
+/// Without systemd every call is a no-op.
+public struct SystemdNotifier: Sendable {
+    public init() {}
+
+    public func ready(status: String) { send("READY=1\nSTATUS=\(status)") }
+    public func status(_ status: String) { send("STATUS=\(status)") }
+    public func stopping() { send("STOPPING=1\nSTATUS=stopping") }
+
+    private func send(_ state: String) {
+        _ = sd_notify(0, state)
+    }
+}

@@ -1,10 +1,8 @@
+import Foundation
 import Logging
 import ServiceLifecycle
 
 /// Assembles the daemon's services and runs them until SIGTERM or SIGINT.
-///
-/// This first version opens and migrates the queue and reports what it will route;
-/// the delivery services join the group in the delivery engine.
 public struct MailrouteDaemon: Sendable {
     public let settings: MailrouteConfiguration
     public let configPath: String
@@ -20,6 +18,18 @@ public struct MailrouteDaemon: Sendable {
         let store = try QueueStore(path: settings.queue.path)
         let migrations = try store.appliedMigrations()
         let configs = try store.configs()
+        let secrets: SecretBox?
+        do {
+            secrets = try KeyFile.load(configured: settings.secrets.keyFile)
+        } catch {
+            // Configurations without a password still work; those with one fail and fall back.
+            secrets = nil
+            if configs.contains(where: \.hasPassword) {
+                logger.error("no encryption key: configurations with a password cannot log in", metadata: ["error": "\(error)"])
+            }
+        }
+        let notifier = SystemdNotifier()
+        let dispatcher = try Dispatcher(settings: settings, store: store, secrets: secrets, logger: logger, notifier: notifier)
         let platform = settings.platform
         logger.info(
             "started",
@@ -31,24 +41,13 @@ public struct MailrouteDaemon: Sendable {
                 "tenants": "\(Set(configs.map(\.tenant)).count)",
                 "platform_relay": "\(platform.host):\(platform.port)",
             ])
-        let notifier = SystemdNotifier()
-        notifier.ready(status: "\(configs.count) SMTP configuration(s); delivery not enabled in this version")
+        notifier.ready(status: "\(configs.count) SMTP configuration(s), delivering")
         let group = ServiceGroup(
             configuration: .init(
-                services: [.init(service: IdleService(notifier: notifier))],
+                services: [.init(service: dispatcher)],
                 gracefulShutdownSignals: [.sigterm, .sigint],
                 logger: logger))
         try await group.run()
         logger.info("stopped")
-    }
-}
-
-/// Holds the group open until shutdown is requested.
-struct IdleService: Service {
-    let notifier: SystemdNotifier
-
-    func run() async throws {
-        try? await gracefulShutdown()
-        notifier.stopping()
     }
 }

@@ -12,6 +12,9 @@ enum Migrations {
         migrator.registerMigration("v1-schema") { db in
             try db.execute(sql: v1)
         }
+        migrator.registerMigration("v2-claim-order") { db in
+            try db.execute(sql: v2)
+        }
         return migrator
     }
 
@@ -205,5 +208,13 @@ enum Migrations {
             duration_s REAL
         );
         CREATE INDEX attempts_message ON attempts (message_id, attempt);
+        """
+
+    /// The daemon "admits" each new row once: it routes it and stores the effective priority
+    /// (message vs configuration, SPEC §4) and when it is due, so claiming is one indexed scan.
+    static let v2 = """
+        ALTER TABLE messages ADD COLUMN effective_priority INTEGER;
+        CREATE INDEX messages_unadmitted ON messages (id) WHERE effective_priority IS NULL AND status = 'queued';
+        CREATE INDEX messages_claim ON messages (effective_priority, id) WHERE status IN ('queued', 'deferred');
         """
 }

@@ -24,7 +24,7 @@ public final class QueueStore: Sendable {
         try pool.read { db in try Migrations.migrator.appliedMigrations(db) }
     }
 
-    static func now() -> Double { Date().timeIntervalSince1970 }
+    public static func now() -> Double { Date().timeIntervalSince1970 }
 
     // MARK: - SMTP configurations
 

@@ -137,6 +137,8 @@ public struct MessageRecord: Codable, Sendable, Equatable, FetchableRecord, Muta
     public var messageIdHeader: String?
     public var createdAt: Double?
     public var sentAt: Double?
+    /// Set when the daemon admits the row; claiming orders by it.
+    public var effectivePriority: Int?
 
     public init(category: String, rcptTo: String, subject: String) {
         self.category = category

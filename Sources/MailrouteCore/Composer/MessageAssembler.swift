@@ -1,0 +1,106 @@
+import Foundation
+
+/// Who a message says it is from, decided by the dispatcher per route.
+public struct SenderIdentity: Sendable, Equatable {
+    public var address: String
+    public var name: String?
+    public var replyTo: String?
+
+    public init(address: String, name: String?, replyTo: String?) {
+        self.address = address
+        self.name = name
+        self.replyTo = replyTo
+    }
+}
+
+/// A queue row that passed the CHECKs but cannot be sent; the row is failed with this reason.
+public struct InvalidMessage: Error, CustomStringConvertible, Equatable {
+    public let description: String
+    init(_ description: String) { self.description = description }
+}
+
+/// Turns a queue row into the bytes and envelope of one SMTP transaction.
+public enum MessageAssembler {
+    public struct Assembled: Sendable {
+        public var envelopeFrom: String
+        /// To, Cc and Bcc, each once.
+        public var recipients: [String]
+        public var composed: MessageComposer.Composed
+    }
+
+    static let forbiddenHeaders: Set<String> = [
+        "from", "to", "cc", "bcc", "date", "message-id", "mime-version", "content-type", "content-transfer-encoding",
+        "reply-to", "sender", "return-path", "subject", "dkim-signature",
+    ]
+
+    public static func assemble(
+        _ row: MessageRecord, attachments: [AttachmentRecord], identity: SenderIdentity, now: Date = Date()
+    ) throws -> Assembled {
+        let from: EmailAddress
+        do {
+            from = try EmailAddress(address: identity.address, displayName: identity.name)
+        } catch {
+            throw InvalidMessage("sender \(identity.address): \(error)")
+        }
+        let to = try addresses(row.rcptTo, column: "rcpt_to")
+        guard !to.isEmpty else { throw InvalidMessage("rcpt_to has no address") }
+        let cc = try row.cc.map { try addresses($0, column: "cc") } ?? []
+        let bcc = try row.bcc.map { try addresses($0, column: "bcc") } ?? []
+        if row.subject.contains(where: \.isNewline) { throw InvalidMessage("subject contains a line break") }
+        guard row.textBody != nil || row.htmlBody != nil else { throw InvalidMessage("neither text_body nor html_body") }
+
+        var message = OutgoingMessage(from: from, to: to, subject: row.subject, textBody: row.textBody, htmlBody: row.htmlBody)
+        message.cc = cc
+        message.date = now
+        if let replyTo = identity.replyTo {
+            do {
+                message.replyTo = try EmailAddress(parsing: replyTo)
+            } catch {
+                throw InvalidMessage("reply_to \(replyTo): \(error)")
+            }
+        }
+        message.extraHeaders = try headers(row.headers)
+        message.attachments = try attachments.map { a in
+            guard !a.filename.contains(where: \.isNewline) else { throw InvalidMessage("attachment \(a.id ?? 0): file name has a line break") }
+            return OutgoingMessage.Attachment(filename: a.filename, contentType: a.contentType, content: [UInt8](a.content))
+        }
+
+        var seen = Set<String>()
+        let recipients = (to + cc + bcc).map(\.address).filter { seen.insert($0.lowercased()).inserted }
+        return Assembled(envelopeFrom: from.address, recipients: recipients, composed: MessageComposer.compose(message))
+    }
+
+    static func addresses(_ json: String, column: String) throws -> [EmailAddress] {
+        guard let array = try? JSONSerialization.jsonObject(with: Data(json.utf8)) as? [Any] else {
+            throw InvalidMessage("\(column) is not a JSON array")
+        }
+        return try array.enumerated().map { index, item in
+            guard let text = item as? String else { throw InvalidMessage("\(column)[\(index)] is not a string") }
+            do {
+                return try EmailAddress(parsing: text)
+            } catch {
+                throw InvalidMessage("\(column)[\(index)]: \(error)")
+            }
+        }
+    }
+
+    static func headers(_ json: String?) throws -> [(name: String, value: String)] {
+        guard let json else { return [] }
+        guard let object = try? JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any] else {
+            throw InvalidMessage("headers is not a JSON object")
+        }
+        return try object.keys.sorted().map { name in
+            guard let value = object[name] as? String else { throw InvalidMessage("headers.\(name) is not a string") }
+            guard !name.isEmpty, name.utf8.allSatisfy({ $0 > 32 && $0 < 127 && $0 != UInt8(ascii: ":") }) else {
+                throw InvalidMessage("header name \"\(name)\" is not printable ASCII without colon")
+            }
+            guard !forbiddenHeaders.contains(name.lowercased()) else {
+                throw InvalidMessage("headers may not set \(name)")
+            }
+            guard !value.contains(where: { $0.isNewline || $0 == "\0" }) else {
+                throw InvalidMessage("header \(name) contains a line break")
+            }
+            return (name, value)
+        }
+    }
+}

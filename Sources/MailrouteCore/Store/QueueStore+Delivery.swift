@@ -1,0 +1,304 @@
+import Foundation
+import GRDB
+
+/// A row the daemon admits: what routing needs to compute its order.
+public struct AdmissionRow: Sendable {
+    public var id: Int64
+    public var keys: RoutingKeys
+    public var priority: Int?
+    public var sendAt: Double?
+    public var expiresAt: Double?
+    public var createdAt: Double
+}
+
+/// The daemon's decision for an admitted row.
+public struct Admission: Sendable {
+    public var id: Int64
+    public var effectivePriority: Int
+    public var configId: Int64?
+    public var route: RouteStep
+    public var dueAt: Double
+    public var expiresAt: Double?
+}
+
+/// A due row's place in line and the pool it will probably use.
+public struct Candidate: Sendable {
+    public var id: Int64
+    public var configId: Int64?
+}
+
+/// A claimed message with everything needed to send it.
+public struct ClaimedMessage: Sendable {
+    public var message: MessageRecord
+    public var attachments: [AttachmentRecord]
+    public var id: Int64 { message.id! }
+}
+
+/// How one try ended, to be written with its attempts rows in one transaction.
+public struct DeliveryOutcome: Sendable {
+    public var status: MessageStatus
+    public var attempts: [AttemptRecord]
+    public var nextAttemptAt: Double?
+    public var configId: Int64?
+    public var route: RouteStep?
+    public var errorKind: String?
+    public var error: String?
+    public var smtpResponse: String?
+    public var messageIdHeader: String?
+    public var sentAt: Double?
+}
+
+public struct QueueCounts: Sendable, Equatable, Codable {
+    public var queued = 0
+    public var sending = 0
+    public var deferred = 0
+    public var sent = 0
+    public var failed = 0
+    public var expired = 0
+    public var cancelled = 0
+    public var sentLastMinute = 0
+}
+
+extension QueueStore {
+    // MARK: - Claiming
+
+    /// Cheap check whether a claim cycle has anything to do.
+    public func hasWork(now: Double) async throws -> Bool {
+        try await pool.read { db in
+            try Bool.fetchOne(
+                db,
+                sql: """
+                    SELECT EXISTS (SELECT 1 FROM messages WHERE effective_priority IS NULL AND status = 'queued')
+                        OR EXISTS (SELECT 1 FROM messages INDEXED BY messages_claim
+                                   WHERE status IN ('queued', 'deferred') AND next_attempt_at <= ?)
+                        OR EXISTS (SELECT 1 FROM messages WHERE status = 'sending' AND lease_until < ?)
+                    """, arguments: [now, now]) ?? false
+        }
+    }
+
+    /// The earliest time a waiting row becomes due, if any.
+    public func nextDueTime() async throws -> Double? {
+        try await pool.read { db in
+            try Double.fetchOne(
+                db, sql: "SELECT min(next_attempt_at) FROM messages WHERE status IN ('queued', 'deferred')")
+        }
+    }
+
+    /// One short write transaction: return expired leases, admit new rows, expire stale ones,
+    /// then claim up to what `pick` chooses from the due rows in order.
+    public func claim(
+        now: Double, leaseSeconds: Double, expire: Bool,
+        admit: @Sendable ([AdmissionRow]) -> [Admission],
+        pick: @Sendable ([Candidate]) -> [Int64]
+    ) async throws -> [ClaimedMessage] {
+        try await pool.write { db in
+            // A lease that ran out means a daemon died mid-send: at-least-once, so send again.
+            try db.execute(
+                sql: """
+                    UPDATE messages SET status = CASE WHEN attempts > 0 THEN 'deferred' ELSE 'queued' END,
+                                        lease_until = NULL
+                    WHERE status = 'sending' AND lease_until < ?
+                    """, arguments: [now])
+
+            let fresh = try Row.fetchAll(
+                db,
+                sql: """
+                    SELECT id, tenant, advertiser, cname, category, priority, send_at, expires_at, created_at
+                    FROM messages INDEXED BY messages_unadmitted
+                    WHERE effective_priority IS NULL AND status = 'queued' ORDER BY id LIMIT 2000
+                    """
+            ).map { row in
+                AdmissionRow(
+                    id: row["id"],
+                    keys: RoutingKeys(tenant: row["tenant"], advertiser: row["advertiser"], cname: row["cname"], category: row["category"]),
+                    priority: row["priority"], sendAt: row["send_at"], expiresAt: row["expires_at"],
+                    createdAt: row["created_at"])
+            }
+            if !fresh.isEmpty {
+                let statement = try db.makeStatement(
+                    sql: """
+                        UPDATE messages SET effective_priority = ?, config_id = ?, route = ?, next_attempt_at = ?,
+                                            expires_at = ?
+                        WHERE id = ?
+                        """)
+                for a in admit(fresh) {
+                    try statement.execute(arguments: [
+                        a.effectivePriority, a.configId, a.route.rawValue, a.dueAt, a.expiresAt, a.id,
+                    ])
+                }
+            }
+
+            if expire {
+                try db.execute(
+                    sql: """
+                        UPDATE messages SET status = 'expired', last_error_kind = 'expired',
+                                            last_error = 'expired before it could be delivered', lease_until = NULL
+                        WHERE status IN ('queued', 'deferred') AND expires_at <= ?
+                        """, arguments: [now])
+            }
+
+            let candidates = try Row.fetchAll(
+                db,
+                sql: """
+                    SELECT id, config_id FROM messages INDEXED BY messages_claim
+                    WHERE status IN ('queued', 'deferred') AND next_attempt_at <= ?
+                    ORDER BY effective_priority, id LIMIT 500
+                    """, arguments: [now]
+            ).map { Candidate(id: $0["id"], configId: $0["config_id"]) }
+            let chosen = pick(candidates)
+            guard !chosen.isEmpty else { return [] }
+
+            let list = chosen.map(String.init).joined(separator: ",")
+            try db.execute(
+                sql: "UPDATE messages SET status = 'sending', lease_until = ? WHERE id IN (\(list))",
+                arguments: [now + leaseSeconds])
+            let messages = try MessageRecord.filter(chosen.contains(MessageRecord.Columns.id)).fetchAll(db)
+            let attachments = try AttachmentRecord.filter(chosen.contains(AttachmentRecord.Columns.messageId))
+                .order(Column("id")).fetchAll(db)
+            let byMessage = Dictionary(grouping: attachments, by: \.messageId)
+            let order = Dictionary(uniqueKeysWithValues: chosen.enumerated().map { ($1, $0) })
+            return messages.sorted { order[$0.id!]! < order[$1.id!]! }
+                .map { ClaimedMessage(message: $0, attachments: byMessage[$0.id!] ?? []) }
+        }
+    }
+
+    /// Writes how a try ended. A row the operator cancelled meanwhile stays cancelled unless it was sent.
+    public func finish(id: Int64, outcome: DeliveryOutcome) async throws {
+        try await pool.write { db in
+            for var attempt in outcome.attempts {
+                attempt.messageId = id
+                try attempt.insert(db)
+            }
+            try db.execute(
+                sql: """
+                    UPDATE messages
+                    SET status = :status, attempts = attempts + :tries, next_attempt_at = :next, lease_until = NULL,
+                        config_id = coalesce(:config, config_id), route = coalesce(:route, route),
+                        last_error_kind = :kind, last_error = :error, smtp_response = coalesce(:response, smtp_response),
+                        message_id_header = coalesce(:mid, message_id_header), sent_at = :sentAt
+                    WHERE id = :id AND (status = 'sending' OR :status = 'sent')
+                    """,
+                arguments: [
+                    "status": outcome.status.rawValue, "tries": outcome.attempts.count, "next": outcome.nextAttemptAt,
+                    "config": outcome.configId, "route": outcome.route?.rawValue, "kind": outcome.errorKind,
+                    "error": outcome.error, "response": outcome.smtpResponse, "mid": outcome.messageIdHeader,
+                    "sentAt": outcome.sentAt, "id": id,
+                ])
+        }
+    }
+
+    /// Gives claimed-but-unstarted rows back, as a stopping daemon must.
+    public func releaseLeases(ids: [Int64]) async throws {
+        guard !ids.isEmpty else { return }
+        let list = ids.map(String.init).joined(separator: ",")
+        try await pool.write { db in
+            try db.execute(
+                sql: """
+                    UPDATE messages SET status = CASE WHEN attempts > 0 THEN 'deferred' ELSE 'queued' END, lease_until = NULL
+                    WHERE status = 'sending' AND id IN (\(list))
+                    """)
+        }
+    }
+
+    /// Deletes sent messages older than the retention, a batch at a time so enqueuers never wait long.
+    @discardableResult
+    public func purgeSent(before cutoff: Double, batch: Int = 500) async throws -> Int {
+        var total = 0
+        while true {
+            let deleted = try await pool.write { db -> Int in
+                try db.execute(
+                    sql: """
+                        DELETE FROM messages WHERE id IN
+                            (SELECT id FROM messages WHERE status = 'sent' AND sent_at < ? LIMIT ?)
+                        """, arguments: [cutoff, batch])
+                return db.changesCount
+            }
+            total += deleted
+            if deleted < batch { return total }
+        }
+    }
+
+    // MARK: - Operator views
+
+    public func counts(now: Double = QueueStore.now()) throws -> QueueCounts {
+        try pool.read { db in
+            var counts = QueueCounts()
+            for row in try Row.fetchAll(db, sql: "SELECT status, count(*) AS n FROM messages GROUP BY status") {
+                let n: Int = row["n"]
+                switch MessageStatus(rawValue: row["status"]) {
+                case .queued: counts.queued = n
+                case .sending: counts.sending = n
+                case .deferred: counts.deferred = n
+                case .sent: counts.sent = n
+                case .failed: counts.failed = n
+                case .expired: counts.expired = n
+                case .cancelled: counts.cancelled = n
+                case nil: break
+                }
+            }
+            counts.sentLastMinute = try Int.fetchOne(
+                db, sql: "SELECT count(*) FROM messages WHERE sent_at >= ?", arguments: [now - 60]) ?? 0
+            return counts
+        }
+    }
+
+    public func messages(status: MessageStatus?, tenant: String?, limit: Int) throws -> [MessageRecord] {
+        try pool.read { db in
+            var request = MessageRecord.order(MessageRecord.Columns.id.desc).limit(limit)
+            if let status { request = request.filter(MessageRecord.Columns.status == status.rawValue) }
+            if let tenant { request = request.filter(MessageRecord.Columns.tenant == tenant) }
+            return try request.fetchAll(db)
+        }
+    }
+
+    public func message(id: Int64) throws -> (MessageRecord, [AttemptRecord], [AttachmentRecord])? {
+        try pool.read { db in
+            guard let message = try MessageRecord.fetchOne(db, key: id) else { return nil }
+            let attempts = try AttemptRecord.filter(AttemptRecord.Columns.messageId == id)
+                .order(AttemptRecord.Columns.attempt).fetchAll(db)
+            let attachments = try AttachmentRecord.filter(AttachmentRecord.Columns.messageId == id).fetchAll(db)
+            return (message, attempts, attachments)
+        }
+    }
+
+    /// Inserts a message and its attachments in one transaction, as any enqueuer would.
+    public func enqueue(_ message: MessageRecord, attachments: [(filename: String, contentType: String, content: Data)]) throws -> Int64 {
+        try pool.write { db in
+            var record = message
+            try record.insert(db)
+            for a in attachments {
+                var attachment = AttachmentRecord(
+                    id: nil, messageId: record.id!, filename: a.filename, contentType: a.contentType, content: a.content)
+                try attachment.insert(db)
+            }
+            return record.id!
+        }
+    }
+
+    /// Puts failed, expired or cancelled rows (or deferred ones, early) back in line now, with
+    /// a fresh count of tries; an expired row loses its deadline or it would expire again at once.
+    public func retry(ids: [Int64]?, onlyFailed: Bool) throws -> Int {
+        try pool.write { db in
+            var sql = """
+                UPDATE messages
+                SET status = 'queued', next_attempt_at = ?, attempts = 0, lease_until = NULL,
+                    expires_at = CASE WHEN status = 'expired' THEN NULL ELSE expires_at END
+                WHERE status IN ('failed', 'expired', 'cancelled', 'deferred')
+                """
+            if let ids { sql += " AND id IN (\(ids.map(String.init).joined(separator: ",")))" }
+            if onlyFailed { sql += " AND status = 'failed'" }
+            try db.execute(sql: sql, arguments: [QueueStore.now()])
+            return db.changesCount
+        }
+    }
+
+    /// Cancels a row that has not been sent. A row being sent right now is not stopped: its result wins.
+    public func cancel(id: Int64) throws -> Bool {
+        try pool.write { db in
+            try db.execute(
+                sql: "UPDATE messages SET status = 'cancelled', lease_until = NULL WHERE id = ? AND status IN ('queued', 'deferred')",
+                arguments: [id])
+            return db.changesCount > 0
+        }
+    }
+}

@@ -6,7 +6,9 @@ public struct MailrouteCtl: ParsableCommand {
     public static let configuration = CommandConfiguration(
         commandName: "mailroutectl",
         abstract: "Manage Mailroute's SMTP configurations, routes and queue.",
-        subcommands: [ConfigCommand.self, RouteCommand.self, MigrateCommand.self, KeyCommand.self])
+        subcommands: [
+            ConfigCommand.self, RouteCommand.self, EnqueueCommand.self, QueueCommand.self, MigrateCommand.self, KeyCommand.self,
+        ])
 
     public init() {}
 

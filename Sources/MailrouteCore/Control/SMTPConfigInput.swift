@@ -142,6 +142,15 @@ public enum Validate {
         return value.lowercased()
     }
 
+    /// A mailbox as a queue row holds it: `a@x.com` or `Name <a@x.com>`.
+    public static func address(_ value: String, field: String) throws -> String {
+        do {
+            return try EmailAddress(parsing: value).description
+        } catch {
+            throw MailrouteError.invalid(field: field, reason: error.description)
+        }
+    }
+
     public static func bareAddress(_ value: String, field: String) throws -> String {
         do {
             return try EmailAddress(address: value).address

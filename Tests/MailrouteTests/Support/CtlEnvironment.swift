@@ -9,22 +9,29 @@ struct CtlEnvironment {
     var databasePath: String { directory.appendingPathComponent("queue.db").path }
     var keyPath: String { directory.appendingPathComponent("mailroute.key").path }
 
-    init(extraTOML: String = "", generateKey: Bool = true) throws {
+    /// - Parameters:
+    ///   - delivery: extra `[delivery]` keys, as TOML lines.
+    init(platformPort: Int = 2525, delivery: [String] = [], queue: [String] = [], extraTOML: String = "", generateKey: Bool = true) throws {
         directory = Paths.temporaryDirectory("ctl")
+        var deliveryKeys = ["helo_name": "\"mailroute.test\"", "connect_timeout_s": "5", "command_timeout_s": "5"]
+        for line in delivery {
+            let parts = line.split(separator: "=", maxSplits: 1).map { $0.trimmingCharacters(in: .whitespaces) }
+            deliveryKeys[parts[0]] = parts[1]
+        }
         let toml = """
             [queue]
             path = "queue.db"
+            \(queue.joined(separator: "\n"))
 
             [delivery]
-            helo_name = "mailroute.test"
-            connect_timeout_s = 5
-            command_timeout_s = 5
+            \(deliveryKeys.sorted { $0.key < $1.key }.map { "\($0.key) = \($0.value)" }.joined(separator: "\n"))
 
             [platform]
             host = "127.0.0.1"
-            port = 2525
+            port = \(platformPort)
             security = "none"
             from_address = "platform@mailroute.test"
+            from_name = "Platform"
 
             [secrets]
             key_file = "mailroute.key"
@@ -33,7 +40,7 @@ struct CtlEnvironment {
         try toml.write(toFile: configPath, atomically: true, encoding: .utf8)
         if generateKey {
             let result = try ctl("key", "generate")
-            precondition(result.status == 0, result.output)
+            guard result.status == 0 else { throw CtlError.setupFailed(result.output) }
         }
     }
 
@@ -89,4 +96,5 @@ struct CtlEnvironment {
 
 enum CtlError: Error {
     case notJSON(String)
+    case setupFailed(String)
 }

@@ -32,6 +32,11 @@ final class SMTPTestServer: @unchecked Sendable {
         try self.init(script: "aiosmtpd_server.py", arguments: arguments)
     }
 
+    /// The fault server, with arguments as `fault_server.py` documents them.
+    static func fault(_ arguments: String...) throws -> SMTPTestServer {
+        try SMTPTestServer(script: "fault_server.py", arguments: arguments)
+    }
+
     init(script: String, arguments: [String]) throws {
         outDirectory = Paths.temporaryDirectory("smtp")
         process = Process()

@@ -31,41 +31,47 @@ enum Paths {
     }
 }
 
-/// Runs a program to completion with a hard time limit; stdout and stderr are drained on
-/// their own threads so a chatty child cannot block on a full pipe.
+/// Runs a program to completion with a hard time limit.
+///
+/// Output goes through files, not pipes: tests run in parallel, and a long-lived server
+/// spawned meanwhile can inherit a pipe's write end and keep EOF from ever coming.
 func runProcess(
     _ executable: URL, _ arguments: [String], stdin: String? = nil, environment: [String: String] = [:],
     timeout: TimeInterval = 60
 ) throws -> ProcessResult {
+    let dir = Paths.temporaryDirectory("run")
+    defer { try? FileManager.default.removeItem(at: dir) }
+    let outURL = dir.appendingPathComponent("stdout"), errURL = dir.appendingPathComponent("stderr")
+    let inURL = dir.appendingPathComponent("stdin")
+    for url in [outURL, errURL] { _ = FileManager.default.createFile(atPath: url.path, contents: nil) }
+    _ = FileManager.default.createFile(atPath: inURL.path, contents: Data((stdin ?? "").utf8))
+
     let process = Process()
     process.executableURL = executable
     process.arguments = arguments
     var env = ProcessInfo.processInfo.environment
     env.removeValue(forKey: "CREDENTIALS_DIRECTORY")
     env.removeValue(forKey: "MAILROUTE_CONFIG")
+    env.removeValue(forKey: "NOTIFY_SOCKET")
     for (k, v) in environment { env[k] = v }
     process.environment = env
-    let out = Pipe(), err = Pipe(), input = Pipe()
+    let out = try FileHandle(forWritingTo: outURL), err = try FileHandle(forWritingTo: errURL)
+    let input = try FileHandle(forReadingFrom: inURL)
     process.standardOutput = out
     process.standardError = err
     process.standardInput = input
     try process.run()
-    if let stdin { input.fileHandleForWriting.write(Data(stdin.utf8)) }
-    try input.fileHandleForWriting.close()
-
-    let group = DispatchGroup()
-    nonisolated(unsafe) var stdoutData = Data(), stderrData = Data()
-    DispatchQueue.global().async(group: group) { stdoutData = out.fileHandleForReading.readDataToEndOfFile() }
-    DispatchQueue.global().async(group: group) { stderrData = err.fileHandleForReading.readDataToEndOfFile() }
-    let timer = DispatchWorkItem { if process.isRunning { process.terminate() } }
-    DispatchQueue.global().asyncAfter(deadline: .now() + timeout, execute: timer)
-    group.wait()
+    let deadline = Date().addingTimeInterval(timeout)
+    while process.isRunning && Date() < deadline { usleep(2_000) }
+    if process.isRunning { kill(process.processIdentifier, SIGKILL) }
     process.waitUntilExit()
-    timer.cancel()
+    try? out.close()
+    try? err.close()
+    try? input.close()
     return ProcessResult(
         status: process.terminationStatus,
-        stdout: String(decoding: stdoutData, as: UTF8.self),
-        stderr: String(decoding: stderrData, as: UTF8.self))
+        stdout: (try? String(contentsOf: outURL, encoding: .utf8)) ?? "",
+        stderr: (try? String(contentsOf: errURL, encoding: .utf8)) ?? "")
 }
 
 /// Polls `condition` every 20 ms until it holds or `timeout` passes.

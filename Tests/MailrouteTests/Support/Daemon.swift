@@ -70,6 +70,7 @@ final class DaemonProcess: @unchecked Sendable {
     var db: DatabaseQueue {
         Self.queueLock.withLock {
             if let q = Self.queues[env.databasePath] { return q }
+            _ = try! QueueStore(path: env.databasePath)  // migrated, as the daemon would leave it
             var configuration = Configuration()
             configuration.busyMode = .timeout(10)
             let q = try! DatabaseQueue(path: env.databasePath, configuration: configuration)

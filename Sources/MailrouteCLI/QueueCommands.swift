@@ -67,10 +67,11 @@ struct EnqueueCommand: CtlCommand {
         if path == "-" {
             return String(decoding: FileHandle.standardInput.readDataToEndOfFile(), as: UTF8.self)
         }
-        guard let data = FileManager.default.contents(atPath: path) else {
+        guard let handle = FileHandle(forReadingAtPath: path) else {
             throw MailrouteError.invalid(field: "body", reason: "\(path) cannot be read")
         }
-        return String(decoding: data, as: UTF8.self)
+        defer { try? handle.close() }
+        return String(decoding: handle.readDataToEndOfFile(), as: UTF8.self)
     }
 
     private func parseTime(_ text: String) throws -> Double {

@@ -265,6 +265,8 @@ extension QueueStore {
     public func enqueue(_ message: MessageRecord, attachments: [(filename: String, contentType: String, content: Data)]) throws -> Int64 {
         try pool.write { db in
             var record = message
+            // An explicit NULL would bypass the column's default.
+            record.createdAt = record.createdAt ?? QueueStore.now()
             try record.insert(db)
             for a in attachments {
                 var attachment = AttachmentRecord(

@@ -1,0 +1,73 @@
+import Foundation
+import Testing
+
+@testable import MailrouteCore
+
+@Suite struct QueueCommandTests {
+    @Test func enqueueStoresWhatAServiceWouldAndTheDaemonSendsIt() throws {
+        let server = try SMTPTestServer()
+        let env = try CtlEnvironment()
+        try env.addConfig(name: "main", port: server.port)
+        let body = env.directory.appendingPathComponent("body.html")
+        try "<p>Hi</p>".write(to: body, atomically: true, encoding: .utf8)
+        let attachment = env.directory.appendingPathComponent("report.csv")
+        try "day,clicks\nmon,3\n".write(to: attachment, atomically: true, encoding: .utf8)
+        let result = try env.ctl(
+            ["enqueue", "--tenant", "acme", "--category", "report", "--to", "a@example.com", "Bea <b@example.com>",
+             "--subject", "Weekly", "--text", "-", "--html", body.path, "--attach", attachment.path, "--priority", "2", "--json"],
+            stdin: "Plain body\n")
+        #expect(result.status == 0, "\(result.output)")
+        let id = try #require((try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any])?["id"] as? Int)
+
+        let shown = try env.json("queue", "show", "\(id)")
+        #expect(shown["status"] as? String == "queued")
+        #expect(shown["rcpt_to"] as? String == #"["a@example.com","Bea <b@example.com>"]"#)
+        #expect((shown["attachments"] as? [String])?.first?.hasPrefix("report.csv (text/csv") == true)
+
+        let daemon = DaemonProcess(env: env)
+        try daemon.start()
+        try daemon.waitFor(Int64(id), .sent)
+        let human = try env.ctl("queue", "show", "\(id)")
+        #expect(human.stdout.contains("sent"))
+        #expect(human.stdout.contains("OUTCOME"), "the attempt log")
+        #expect(human.stdout.contains("250 2.0.0 Ok: queued as TEST"))
+        let stats = try env.json("queue", "stats")
+        #expect(stats["sent"] as? Int == 1)
+        #expect(stats["sent_last_minute"] as? Int == 1)
+        #expect(try env.jsonArray("queue", "list", "--status", "sent").count == 1)
+        #expect(try env.jsonArray("queue", "list", "--status", "queued").isEmpty)
+    }
+
+    @Test func enqueueRefusesBadInputWithTheReason() throws {
+        let env = try CtlEnvironment()
+        let noBody = try env.ctl("enqueue", "--tenant", "acme", "--category", "report", "--to", "a@example.com", "--subject", "s")
+        #expect(noBody.status != 0)
+        #expect(noBody.stderr.contains("--text"))
+        let badTo = try env.ctl("enqueue", "--category", "report", "--to", "nobody", "--subject", "s", "--text", "/dev/null")
+        #expect(badTo.stderr.contains("recipient"))
+        let badCategory = try env.ctl("enqueue", "--category", "Bad", "--to", "a@example.com", "--subject", "s", "--text", "/dev/null")
+        #expect(badCategory.status != 0)
+        #expect(badCategory.stderr.contains("category"))
+        let first = try env.ctl("enqueue", "--category", "report", "--to", "a@example.com", "--subject", "s", "--text", "/dev/null", "--idempotency-key", "k1")
+        #expect(first.status == 0)
+        let again = try env.ctl("enqueue", "--category", "report", "--to", "a@example.com", "--subject", "s", "--text", "/dev/null", "--idempotency-key", "k1")
+        #expect(again.stderr.contains("idempotency_key"))
+        #expect(try env.jsonArray("queue", "list").count == 1)
+    }
+
+    @Test func cancelAndRetry() throws {
+        let env = try CtlEnvironment()
+        let store = try env.store()
+        var message = MessageRecord(category: "report", rcptTo: #"["a@example.com"]"#, subject: "s")
+        message.textBody = "b"
+        let id = try store.enqueue(message, attachments: [])
+        #expect(try env.ctl("queue", "cancel", "\(id)").status == 0)
+        #expect(try env.json("queue", "show", "\(id)")["status"] as? String == "cancelled")
+        let twice = try env.ctl("queue", "cancel", "\(id)")
+        #expect(twice.status != 0)
+        #expect(try env.ctl("queue", "retry", "\(id)").status == 0)
+        #expect(try env.json("queue", "show", "\(id)")["status"] as? String == "queued")
+        #expect(try env.ctl("queue", "retry").status != 0, "an id or --failed")
+        #expect(try env.ctl("queue", "show", "999").stderr.contains("message 999 not found"))
+    }
+}

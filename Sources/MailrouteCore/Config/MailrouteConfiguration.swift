@@ -21,7 +21,7 @@ public struct MailrouteConfiguration: Sendable, Equatable {
         public var pollIntervalSeconds = 0.1
         /// How long a claimed row stays `sending` before another daemon may take it back.
         public var leaseSeconds = 300.0
-        /// Sent messages (row, body, attachments, attempts) are purged after this many days.
+        /// Sent messages (row, body, attachments, attempts) are purged after this many days; 0 keeps them.
         public var retentionDays = 30
         public init() {}
     }

@@ -1,3 +1,4 @@
+import Foundation
 import GRDB
 
 /// Notices commits by any other connection (enqueuers, the CLI, our own writer) through
@@ -29,5 +30,3 @@ final class StopFlag: @unchecked Sendable {
     var isSet: Bool { lock.withLock { value } }
     func set() { lock.withLock { value = true } }
 }
-
-import Foundation

@@ -112,7 +112,7 @@ public final class ConnectionPool: @unchecked Sendable {
     private func workerLoop() {
         var connection: SMTPConnection?
         var sentOnConnection = 0
-        while let job = nextJob(idle: connection != nil) {
+        while let job = nextJob() {
             if connection == nil || sentOnConnection >= limits.maxMessagesPerConnection {
                 connection = SMTPConnection(endpoint: endpoint)
                 sentOnConnection = 0
@@ -144,7 +144,7 @@ public final class ConnectionPool: @unchecked Sendable {
     }
 
     /// The next job, or nil when the worker should exit (pool closed, or idle too long).
-    private func nextJob(idle: Bool) -> Job? {
+    private func nextJob() -> Job? {
         condition.lock()
         defer { condition.unlock() }
         while queue.isEmpty {

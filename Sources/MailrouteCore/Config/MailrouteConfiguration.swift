@@ -17,8 +17,9 @@ public struct MailrouteConfiguration: Sendable, Equatable {
     public struct Queue: Sendable, Equatable {
         /// The SQLite queue database.
         public var path = "/var/lib/mailroute/queue.db"
-        /// Upper bound between two looks at the queue when nothing signals a change.
-        public var pollIntervalSeconds = 0.1
+        /// Upper bound between two looks at the queue when nothing signals a change. New rows
+        /// are noticed through SQLite's data_version within about 50 ms regardless.
+        public var pollIntervalSeconds = 1.0
         /// How long a claimed row stays `sending` before another daemon may take it back.
         public var leaseSeconds = 300.0
         /// Sent messages (row, body, attachments, attempts) are purged after this many days; 0 keeps them.

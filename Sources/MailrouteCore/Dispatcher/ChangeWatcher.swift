@@ -30,3 +30,42 @@ final class StopFlag: @unchecked Sendable {
     var isSet: Bool { lock.withLock { value } }
     func set() { lock.withLock { value = true } }
 }
+
+/// Wakes the dispatcher's loop early, when a delivery finishes and a pool has room again.
+/// (Not an AsyncStream: cancelling a task that waits on one finishes the stream for good.)
+final class Doorbell: @unchecked Sendable {
+    private let lock = NSLock()
+    private var rung = false
+    private var waiter: CheckedContinuation<Void, Never>?
+
+    func ring() {
+        lock.lock()
+        if let waiter {
+            self.waiter = nil
+            lock.unlock()
+            waiter.resume()
+        } else {
+            rung = true
+            lock.unlock()
+        }
+    }
+
+    /// Returns at the first ring (or one that came since the last wait), or after `timeout`.
+    func wait(timeout: Duration) async {
+        let timer = Task { [self] in
+            if (try? await Task.sleep(for: timeout)) != nil { ring() }
+        }
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            lock.lock()
+            if rung {
+                rung = false
+                lock.unlock()
+                continuation.resume()
+            } else {
+                waiter = continuation
+                lock.unlock()
+            }
+        }
+        timer.cancel()
+    }
+}

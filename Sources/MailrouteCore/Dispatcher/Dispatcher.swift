@@ -22,7 +22,11 @@ public actor Dispatcher: Service {
     private var lastProbe: [Int64: Double] = [:]
     private var probing: Set<Int64> = []
     private var inFlight = 0
+    /// Set when this daemon changed a configuration's status: the next claim must see it.
+    private var routingDirty = true
     private let stop = StopFlag()
+    private let doorbell = Doorbell()
+    private let writer: OutcomeWriter
 
     enum PoolKey: Hashable {
         case config(id: Int64, version: Int)
@@ -42,6 +46,7 @@ public actor Dispatcher: Service {
         self.notifier = notifier
         self.now = now
         self.random = random
+        self.writer = OutcomeWriter(store: store)
         let file = settings.platform.passwordFile
         if file.isEmpty {
             platformPassword = nil
@@ -64,8 +69,9 @@ public actor Dispatcher: Service {
                 // Stop taking work: queued jobs come back as not started, sends in hand finish.
                 await self.closeAllPools()
             }
-        } onGracefulShutdown: {
+        } onGracefulShutdown: { [doorbell] in
             stop.set()
+            doorbell.ring()
         }
         notifier.stopping()
     }
@@ -74,39 +80,52 @@ public actor Dispatcher: Service {
         var lastCycle = 0.0
         var nextDue: Double? = nil
         var lastExpiry = 0.0
+        var lastRouting = -Double.infinity
         var lastHousekeeping = 0.0
         while !stop.isSet {
             let t = now()
+            // Commits by anyone (enqueuers, the CLI, our own results) show in data_version;
+            // time-based work shows in nextDue; the poll interval is only a safety net.
             if watcher.changed() || t >= (nextDue ?? .infinity) || t - lastCycle >= settings.queue.pollIntervalSeconds {
                 lastCycle = t
                 do {
                     if try await store.hasWork(now: t) {
                         let expire = t - lastExpiry >= 1
                         if expire { lastExpiry = t }
-                        try await refreshRouting()
+                        if routingDirty || t - lastRouting >= 0.25 {
+                            lastRouting = t
+                            try await refreshRouting()
+                        }
                         let claimed = try await claim(now: t, expire: expire)
                         let table = routing
                         for message in claimed {
                             inFlight += 1
                             group.addTask { await self.deliver(message, table: table) }
                         }
+                        nextDue = claimed.isEmpty ? try await store.nextDueTime() : t
+                    } else {
+                        nextDue = try await store.nextDueTime()
                     }
-                    nextDue = try await store.nextDueTime()
                 } catch {
                     logger.error("queue cycle failed", metadata: ["error": "\(error)"])
                 }
             }
             if t - lastHousekeeping >= 1 {
                 lastHousekeeping = t
+                if t - lastRouting >= 1 {
+                    lastRouting = t
+                    try? await refreshRouting()
+                }
                 await housekeeping(now: t)
             }
-            try? await Task.sleep(for: .milliseconds(20))
+            await doorbell.wait(timeout: .milliseconds(50))
         }
     }
 
     /// Routing changes with every `config` or `route` command; the tables are small.
     private func refreshRouting() async throws {
         let store = self.store
+        routingDirty = false
         routing = try await store.pool.read { db in
             RoutingTable(configs: try SMTPConfigRecord.fetchAll(db), routes: try RouteRecord.fetchAll(db))
         }
@@ -170,7 +189,10 @@ public actor Dispatcher: Service {
     // MARK: - One message
 
     private func deliver(_ claimed: ClaimedMessage, table: RoutingTable) async {
-        defer { inFlight -= 1 }
+        defer {
+            inFlight -= 1
+            doorbell.ring()
+        }
         let message = claimed.message
         let t = now()
         if let expires = message.expiresAt, expires <= t {
@@ -392,7 +414,7 @@ public actor Dispatcher: Service {
 
     private func finish(_ claimed: ClaimedMessage, _ outcome: DeliveryOutcome) async {
         do {
-            try await store.finish(id: claimed.id, outcome: outcome)
+            try await writer.write(id: claimed.id, outcome: outcome)
         } catch {
             // The lease runs out and the row is retried: at-least-once holds.
             logger.error("could not record a delivery", metadata: [LogKey.id: "\(claimed.id)", "error": "\(error)"])
@@ -414,6 +436,7 @@ public actor Dispatcher: Service {
                 arguments: [self.now(), id, config.settingsVersion])
             return db.changesCount > 0
         })) == true {
+            routingDirty = true
             logger.notice("configuration status changed", metadata: [LogKey.config: "\(config.label)", "status": "verified", "was": "\(config.status.rawValue)"])
         }
     }
@@ -423,6 +446,7 @@ public actor Dispatcher: Service {
         let changed = (try? store.recordConfigStatus(id: id, settingsVersion: config.settingsVersion, status: .error,
             errorKind: error.configErrorKind, errorText: error.text)) ?? false
         lastProbe[id] = now()
+        routingDirty = true
         if changed && (config.status != .error || config.errorKind != error.configErrorKind) {
             logger.warning("configuration status changed", metadata: [
                 LogKey.config: "\(config.label)", "status": "error", "kind": "\(error.configErrorKind.rawValue)",

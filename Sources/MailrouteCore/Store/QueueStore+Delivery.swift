@@ -164,12 +164,13 @@ extension QueueStore {
 
     /// Writes how a try ended. A row the operator cancelled meanwhile stays cancelled unless it was sent.
     public func finish(id: Int64, outcome: DeliveryOutcome) async throws {
+        try await finish([(id, outcome)])
+    }
+
+    /// Writes several outcomes in one transaction: one commit, however many messages.
+    public func finish(_ outcomes: [(id: Int64, outcome: DeliveryOutcome)]) async throws {
         try await pool.write { db in
-            for var attempt in outcome.attempts {
-                attempt.messageId = id
-                try attempt.insert(db)
-            }
-            try db.execute(
+            let update = try db.cachedStatement(
                 sql: """
                     UPDATE messages
                     SET status = :status, attempts = attempts + :tries, next_attempt_at = :next, lease_until = NULL,
@@ -177,13 +178,19 @@ extension QueueStore {
                         last_error_kind = :kind, last_error = :error, smtp_response = coalesce(:response, smtp_response),
                         message_id_header = coalesce(:mid, message_id_header), sent_at = :sentAt
                     WHERE id = :id AND (status = 'sending' OR :status = 'sent')
-                    """,
-                arguments: [
+                    """)
+            for (id, outcome) in outcomes {
+                for var attempt in outcome.attempts {
+                    attempt.messageId = id
+                    try attempt.insert(db)
+                }
+                try update.execute(arguments: [
                     "status": outcome.status.rawValue, "tries": outcome.attempts.count, "next": outcome.nextAttemptAt,
                     "config": outcome.configId, "route": outcome.route?.rawValue, "kind": outcome.errorKind,
                     "error": outcome.error, "response": outcome.smtpResponse, "mid": outcome.messageIdHeader,
                     "sentAt": outcome.sentAt, "id": id,
                 ])
+            }
         }
     }
 

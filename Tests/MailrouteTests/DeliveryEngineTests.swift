@@ -43,13 +43,7 @@ import Testing
         // One connection at 10 messages a second: the backlog lasts half a minute.
         try env.addConfig(name: "main", port: server.port, extra: ["--max-connections", "1", "--rate-per-minute", "600"])
         let daemon = DaemonProcess(env: env)
-        try daemon.db.write { db in
-            for i in 0..<300 {
-                try db.execute(
-                    sql: "INSERT INTO messages (tenant, category, rcpt_to, subject, text_body, priority) VALUES ('acme', 'newsletter', '[\"n@example.com\"]', ?, 'x', 5)",
-                    arguments: ["newsletter \(i)"])
-            }
-        }
+        try daemon.enqueueMany(300, subject: "newsletter", priority: 5, category: "newsletter")
         try daemon.start()
         #expect(waitUntil(timeout: 20) { server.messages().count >= 5 })
         let receivedBefore = server.messages().count
@@ -89,13 +83,7 @@ import Testing
         try env.addConfig(name: "main", port: server.port, extra: ["--max-connections", "2"])
         let daemon = DaemonProcess(env: env)
         try daemon.start()
-        try daemon.db.write { db in
-            for i in 0..<50 {
-                try db.execute(
-                    sql: "INSERT INTO messages (tenant, category, rcpt_to, subject, text_body) VALUES ('acme', 'report', '[\"r@example.com\"]', ?, 'x')",
-                    arguments: ["reuse \(i)"])
-            }
-        }
+        try daemon.enqueueMany(50, subject: "reuse")
         #expect(waitUntil(timeout: 30) { server.messages().count == 50 })
         let connects = server.events().filter { $0 == "connect" }.count
         #expect(connects >= 1 && connects <= 2, "\(connects) connections for 50 messages")
@@ -214,13 +202,7 @@ import Testing
         let env = try CtlEnvironment(queue: ["lease_s = 2"])
         try env.addConfig(name: "main", port: sink.port, extra: ["--max-connections", "4"])
         let daemon = DaemonProcess(env: env)
-        try daemon.db.write { db in
-            for i in 0..<400 {
-                try db.execute(
-                    sql: "INSERT INTO messages (tenant, category, rcpt_to, subject, text_body) VALUES ('acme', 'report', '[\"r@example.com\"]', ?, 'x')",
-                    arguments: ["burst-\(i)-end"])
-            }
-        }
+        try daemon.enqueueMany(400, subject: "burst")
         try daemon.start()
         #expect(waitUntil(timeout: 30) { (try? daemon.count(status: .sent)) ?? 0 >= 50 })
         daemon.stop(SIGKILL)
@@ -230,9 +212,37 @@ import Testing
         #expect(try daemon.count(status: .sent) == 400)
         let subjects = sink.subjects()
         let counts = Dictionary(grouping: subjects, by: { $0 }).mapValues(\.count)
-        #expect((0..<400).allSatisfy { counts["burst-\($0)-end", default: 0] >= 1 }, "every message arrived")
+        #expect((0..<400).allSatisfy { counts["burst \($0)", default: 0] >= 1 }, "every message arrived")
         let duplicates = subjects.count - counts.count
         #expect(duplicates <= sendingAtKill, "\(duplicates) duplicates, \(sendingAtKill) in flight at the kill")
+    }
+
+    @Test func twoDaemonsOnOneDatabaseNeverSendARowTwice() throws {
+        let server = try SMTPTestServer()
+        let env = try CtlEnvironment()
+        try env.addConfig(name: "main", port: server.port)
+        let first = DaemonProcess(env: env), second = DaemonProcess(env: env)
+        try first.start()
+        try second.start()
+        try first.enqueueMany(200, subject: "shared")
+        #expect(waitUntil(timeout: 60) { (try? first.count(status: .sent)) == 200 })
+        let subjects = server.messages().compactMap { $0.header("Subject") }
+        #expect(subjects.count == 200, "\(subjects.count) deliveries for 200 rows")
+        #expect(Set(subjects).count == 200)
+    }
+
+    @Test func editedConnectionSettingsReplaceThePool() throws {
+        let old = try SMTPTestServer(), new = try SMTPTestServer()
+        let env = try CtlEnvironment()
+        try env.addConfig(name: "main", port: old.port)
+        let daemon = DaemonProcess(env: env)
+        try daemon.start()
+        try daemon.waitFor(try daemon.enqueue(subject: "before"), .sent)
+        #expect(try env.ctl("config", "edit", "acme/main", "--port", "\(new.port)").status == 0)
+        try daemon.waitFor(try daemon.enqueue(subject: "after"), .sent)
+        #expect(old.messages().compactMap { $0.header("Subject") } == ["before"])
+        #expect(new.messages().compactMap { $0.header("Subject") } == ["after"])
+        #expect(waitUntil { old.events().contains("quit") }, "the old pool's connection was closed politely")
     }
 
     @Test func sentMessagesArePurgedAfterRetention() throws {

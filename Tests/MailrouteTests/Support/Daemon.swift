@@ -101,6 +101,17 @@ final class DaemonProcess: @unchecked Sendable {
         }
     }
 
+    /// `count` plain messages for `acme` in one transaction, subjects `prefix N`, as a burst from a service.
+    func enqueueMany(_ count: Int, subject prefix: String, priority: Int? = nil, category: String = "report") throws {
+        try db.write { db in
+            for i in 0..<count {
+                try db.execute(
+                    sql: "INSERT INTO messages (tenant, category, rcpt_to, subject, text_body, priority) VALUES ('acme', ?, '[\"r@example.com\"]', ?, 'x', ?)",
+                    arguments: [category, "\(prefix) \(i)", priority])
+            }
+        }
+    }
+
     func row(_ id: Int64) throws -> MessageRecord {
         try db.read { db in try MessageRecord.fetchOne(db, key: id)! }
     }

@@ -44,12 +44,7 @@ public struct ConfigurationService: Sendable {
     /// The endpoint libcurl connects to, with the password opened for this use only.
     public func endpoint(for record: SMTPConfigRecord) throws -> SMTPEndpoint {
         let password = try record.passwordSealed.map { try secretBox().open($0) }
-        let delivery = settings.delivery
-        return SMTPEndpoint(
-            host: record.host, port: record.port, security: record.security, username: record.username,
-            password: password, caFile: record.caFile, heloName: delivery.effectiveHeloName,
-            connectTimeoutSeconds: delivery.connectTimeoutSeconds, commandTimeoutSeconds: delivery.commandTimeoutSeconds,
-            maxIdleSeconds: delivery.idleTimeoutSeconds)
+        return SMTPEndpoint(config: record, password: password, delivery: settings.delivery)
     }
 
     /// Logs in and QUITs, sending nothing; records the result as the configuration's status.

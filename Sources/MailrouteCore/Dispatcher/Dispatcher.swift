@@ -431,11 +431,9 @@ public actor Dispatcher: Service {
 
     private func markVerified(_ config: SMTPConfigRecord) async {
         guard config.status != .verified, let id = config.id else { return }
-        if (try? await store.pool.write({ db in
-            try db.execute(sql: "UPDATE smtp_configs SET status = 'verified', error_kind = NULL, error_text = NULL, status_changed_at = ? WHERE id = ? AND settings_version = ? AND status <> 'verified'",
-                arguments: [self.now(), id, config.settingsVersion])
-            return db.changesCount > 0
-        })) == true {
+        let changed = (try? await store.recordConfigStatus(
+            id: id, settingsVersion: config.settingsVersion, status: .verified, errorKind: nil, errorText: nil)) ?? false
+        if changed {
             routingDirty = true
             logger.notice("configuration status changed", metadata: [LogKey.config: "\(config.label)", "status": "verified", "was": "\(config.status.rawValue)"])
         }
@@ -443,7 +441,7 @@ public actor Dispatcher: Service {
 
     private func markError(_ config: SMTPConfigRecord, error: DeliveryError) async {
         guard let id = config.id else { return }
-        let changed = (try? store.recordConfigStatus(id: id, settingsVersion: config.settingsVersion, status: .error,
+        let changed = (try? await store.recordConfigStatus(id: id, settingsVersion: config.settingsVersion, status: .error,
             errorKind: error.configErrorKind, errorText: error.text)) ?? false
         lastProbe[id] = now()
         routingDirty = true
@@ -480,7 +478,7 @@ public actor Dispatcher: Service {
         }
         if t - lastStatus >= 5 {
             lastStatus = t
-            if let counts = try? store.counts(now: t) {
+            if let counts = try? await store.countsAsync(now: t) {
                 let inError = routing.configs.values.filter { $0.status == .error }.count
                 notifier.status("queued \(counts.queued), deferred \(counts.deferred), sending \(counts.sending), sent last minute \(counts.sentLastMinute), configurations in error \(inError)")
             }
@@ -518,10 +516,7 @@ public actor Dispatcher: Service {
             return nil
         }
         let delivery = settings.delivery
-        let endpoint = SMTPEndpoint(
-            host: config.host, port: config.port, security: config.security, username: config.username, password: password,
-            caFile: config.caFile, heloName: delivery.effectiveHeloName, connectTimeoutSeconds: delivery.connectTimeoutSeconds,
-            commandTimeoutSeconds: delivery.commandTimeoutSeconds, maxIdleSeconds: delivery.idleTimeoutSeconds)
+        let endpoint = SMTPEndpoint(config: config, password: password, delivery: delivery)
         let pool = ConnectionPool(
             name: config.label, endpoint: endpoint,
             limits: .init(

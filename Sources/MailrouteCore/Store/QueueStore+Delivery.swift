@@ -228,25 +228,31 @@ extension QueueStore {
     // MARK: - Operator views
 
     public func counts(now: Double = QueueStore.now()) throws -> QueueCounts {
-        try pool.read { db in
-            var counts = QueueCounts()
-            for row in try Row.fetchAll(db, sql: "SELECT status, count(*) AS n FROM messages GROUP BY status") {
-                let n: Int = row["n"]
-                switch MessageStatus(rawValue: row["status"]) {
-                case .queued: counts.queued = n
-                case .sending: counts.sending = n
-                case .deferred: counts.deferred = n
-                case .sent: counts.sent = n
-                case .failed: counts.failed = n
-                case .expired: counts.expired = n
-                case .cancelled: counts.cancelled = n
-                case nil: break
-                }
+        try pool.read { db in try Self.counts(db, now: now) }
+    }
+
+    public func countsAsync(now: Double) async throws -> QueueCounts {
+        try await pool.read { db in try Self.counts(db, now: now) }
+    }
+
+    static func counts(_ db: Database, now: Double) throws -> QueueCounts {
+        var counts = QueueCounts()
+        for row in try Row.fetchAll(db, sql: "SELECT status, count(*) AS n FROM messages GROUP BY status") {
+            let n: Int = row["n"]
+            switch MessageStatus(rawValue: row["status"]) {
+            case .queued: counts.queued = n
+            case .sending: counts.sending = n
+            case .deferred: counts.deferred = n
+            case .sent: counts.sent = n
+            case .failed: counts.failed = n
+            case .expired: counts.expired = n
+            case .cancelled: counts.cancelled = n
+            case nil: break
             }
-            counts.sentLastMinute = try Int.fetchOne(
-                db, sql: "SELECT count(*) FROM messages WHERE sent_at >= ?", arguments: [now - 60]) ?? 0
-            return counts
         }
+        counts.sentLastMinute = try Int.fetchOne(
+            db, sql: "SELECT count(*) FROM messages WHERE sent_at >= ?", arguments: [now - 60]) ?? 0
+        return counts
     }
 
     public func messages(status: MessageStatus?, tenant: String?, limit: Int) throws -> [MessageRecord] {

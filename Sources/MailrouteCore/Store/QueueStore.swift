@@ -179,20 +179,36 @@ public final class QueueStore: Sendable {
         id: Int64, settingsVersion: Int, status: ConfigStatus, errorKind: ConfigErrorKind?, errorText: String?
     ) throws -> Bool {
         try pool.write { db in
-            try db.execute(
-                sql: """
-                    UPDATE smtp_configs
-                    SET status = :status, error_kind = :kind, error_text = :text,
-                        status_changed_at = CASE WHEN status = :status AND error_kind IS :kind
-                                                 THEN status_changed_at ELSE :now END
-                    WHERE id = :id AND settings_version = :version
-                    """,
-                arguments: [
-                    "status": status.rawValue, "kind": errorKind?.rawValue, "text": errorText,
-                    "now": Self.now(), "id": id, "version": settingsVersion,
-                ])
-            return db.changesCount > 0
+            try Self.recordConfigStatus(db, id: id, settingsVersion: settingsVersion, status: status, errorKind: errorKind, errorText: errorText)
         }
+    }
+
+    /// The same, without holding a thread while an enqueuer holds the write lock (for the daemon).
+    @discardableResult
+    public func recordConfigStatus(
+        id: Int64, settingsVersion: Int, status: ConfigStatus, errorKind: ConfigErrorKind?, errorText: String?
+    ) async throws -> Bool {
+        try await pool.write { db in
+            try Self.recordConfigStatus(db, id: id, settingsVersion: settingsVersion, status: status, errorKind: errorKind, errorText: errorText)
+        }
+    }
+
+    static func recordConfigStatus(
+        _ db: Database, id: Int64, settingsVersion: Int, status: ConfigStatus, errorKind: ConfigErrorKind?, errorText: String?
+    ) throws -> Bool {
+        try db.execute(
+            sql: """
+                UPDATE smtp_configs
+                SET status = :status, error_kind = :kind, error_text = :text,
+                    status_changed_at = CASE WHEN status = :status AND error_kind IS :kind
+                                             THEN status_changed_at ELSE :now END
+                WHERE id = :id AND settings_version = :version
+                """,
+            arguments: [
+                "status": status.rawValue, "kind": errorKind?.rawValue, "text": errorText,
+                "now": now(), "id": id, "version": settingsVersion,
+            ])
+        return db.changesCount > 0
     }
 
     // MARK: - Routes

@@ -32,6 +32,14 @@ public struct SMTPEndpoint: Sendable, Equatable, CustomStringConvertible {
         self.maxIdleSeconds = maxIdleSeconds
     }
 
+    /// The endpoint of a tenant's configuration, with the timeouts of `[delivery]`.
+    public init(config: SMTPConfigRecord, password: String?, delivery: MailrouteConfiguration.Delivery) {
+        self.init(
+            host: config.host, port: config.port, security: config.security, username: config.username, password: password,
+            caFile: config.caFile, heloName: delivery.effectiveHeloName, connectTimeoutSeconds: delivery.connectTimeoutSeconds,
+            commandTimeoutSeconds: delivery.commandTimeoutSeconds, maxIdleSeconds: delivery.idleTimeoutSeconds)
+    }
+
     /// `host:port`, as logs and the attempts table show it.
     public var server: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
 

@@ -31,14 +31,25 @@ public struct MailrouteDaemonCommand: AsyncParsableCommand {
 
     public func run() async throws {
         let path = config ?? ProcessInfo.processInfo.environment["MAILROUTE_CONFIG"] ?? "/etc/mailroute/mailroute.toml"
-        LoggingSystem.bootstrap(StreamLogHandler.standardError)
-        var logger = Logger(label: "mailrouted")
+        let settings: MailrouteConfiguration
         do {
-            let settings = try MailrouteConfiguration(contentsOfFile: path)
-            logger.logLevel = Logger.Level(rawValue: settings.log.level.rawValue) ?? .info
+            settings = try MailrouteConfiguration(contentsOfFile: path)
+        } catch {
+            FileHandle.standardError.write(Data("mailrouted: \(error)\n".utf8))
+            throw ExitCode.failure
+        }
+        let sink = MailrouteLogHandler.sink(for: settings.log.target)
+        let level = Logger.Level(rawValue: settings.log.level.rawValue) ?? .info
+        LoggingSystem.bootstrap { _ in
+            var handler = MailrouteLogHandler(label: "mailrouted", sink: sink)
+            handler.logLevel = level
+            return handler
+        }
+        let logger = Logger(label: "mailrouted")
+        do {
             try await MailrouteDaemon(settings: settings, configPath: path, logger: logger).run()
         } catch {
-            logger.critical("cannot start: \(error)")
+            logger.critical("cannot start", metadata: ["error": "\(error)"])
             throw ExitCode.failure
         }
     }

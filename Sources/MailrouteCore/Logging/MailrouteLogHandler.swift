@@ -1,0 +1,142 @@
+import CSystemd
+import Foundation
+import Logging
+
+/// swift-log backend: structured journal entries when stderr is the journal, otherwise one
+/// `key=value` line per event on stderr (prefixed `<N>` under systemd, so journald still
+/// gets the priority).
+public struct MailrouteLogHandler: LogHandler {
+    public enum Sink: Sendable, Equatable {
+        case journal
+        case stderr(priorityPrefix: Bool)
+    }
+
+    public var metadata: Logger.Metadata = [:]
+    public var logLevel: Logger.Level = .info
+    let label: String
+    let sink: Sink
+
+    public init(label: String, sink: Sink) {
+        self.label = label
+        self.sink = sink
+    }
+
+    /// `auto` means the journal when stderr is connected to it (`$JOURNAL_STREAM` names
+    /// stderr's device and inode), because sd_journal_sendv succeeds silently without journald.
+    public static func sink(for target: MailrouteConfiguration.Log.Target, environment: [String: String] = ProcessInfo.processInfo.environment) -> Sink {
+        let underSystemd = stderrIsJournal(environment)
+        switch target {
+        case .journal: return .journal
+        case .stderr: return .stderr(priorityPrefix: underSystemd)
+        case .auto: return underSystemd ? .journal : .stderr(priorityPrefix: false)
+        }
+    }
+
+    static func stderrIsJournal(_ environment: [String: String]) -> Bool {
+        guard let stream = environment["JOURNAL_STREAM"] else { return false }
+        let parts = stream.split(separator: ":")
+        guard parts.count == 2, let device = UInt64(parts[0]), let inode = UInt64(parts[1]) else { return false }
+        var info = stat()
+        guard fstat(2, &info) == 0 else { return false }
+        return UInt64(info.st_dev) == device && UInt64(info.st_ino) == inode
+    }
+
+    public subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { metadata[key] }
+        set { metadata[key] = newValue }
+    }
+
+    public func log(event: LogEvent) {
+        var all = metadata
+        if let extra = event.metadata { all.merge(extra) { $1 } }
+        switch sink {
+        case .journal:
+            Self.sendToJournal(Self.journalFields(level: event.level, message: "\(event.message)", metadata: all, identifier: label))
+        case .stderr(let prefix):
+            var line = Self.line(message: "\(event.message)", metadata: all)
+            if prefix { line = "<\(Self.syslogPriority(event.level))>" + line }
+            FileHandle.standardError.write(Data((line + "\n").utf8))
+        }
+    }
+
+    /// RFC 5424 severities, as journald's PRIORITY wants them.
+    static func syslogPriority(_ level: Logger.Level) -> Int {
+        switch level {
+        case .trace, .debug: 7
+        case .info: 6
+        case .notice: 5
+        case .warning: 4
+        case .error: 3
+        case .critical: 2
+        }
+    }
+
+    /// SPEC §7's order for a delivery line; other keys follow alphabetically.
+    static let order = ["id", "tenant", "config", "route", "to", "outcome", "code", "response", "delay", "attempts"]
+
+    /// `message key=value key="two words"`, values quoted when they need it.
+    static func line(message: String, metadata: Logger.Metadata) -> String {
+        var parts = [message]
+        let keys = metadata.keys.sorted { a, b in
+            let (ra, rb) = (order.firstIndex(of: shortKey(a)) ?? order.count, order.firstIndex(of: shortKey(b)) ?? order.count)
+            return ra != rb ? ra < rb : a < b
+        }
+        for key in keys {
+            parts.append("\(shortKey(key))=\(quote("\(metadata[key]!)"))")
+        }
+        return parts.joined(separator: " ")
+    }
+
+    /// `mailroute.id` prints as `id`; the prefix only matters in the journal.
+    static func shortKey(_ key: String) -> String {
+        key.hasPrefix("mailroute.") ? String(key.dropFirst("mailroute.".count)) : key
+    }
+
+    static func quote(_ value: String) -> String {
+        let needs = value.isEmpty || value.contains { $0 == " " || $0 == "\"" || $0 == "=" || $0.isNewline || $0 == "\\" }
+        guard needs else { return value }
+        let escaped = value.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"")
+            .replacingOccurrences(of: "\n", with: "\\n").replacingOccurrences(of: "\r", with: "\\r")
+        return "\"\(escaped)\""
+    }
+
+    /// Journal fields: MESSAGE (the stderr line, so both views read alike), PRIORITY,
+    /// SYSLOG_IDENTIFIER, and every metadata key upper-cased with `.` and `-` as `_`
+    /// (`mailroute.id` → `MAILROUTE_ID`), which `journalctl MAILROUTE_ID=42` matches.
+    static func journalFields(level: Logger.Level, message: String, metadata: Logger.Metadata, identifier: String) -> [String] {
+        var fields = [
+            "MESSAGE=\(line(message: message, metadata: metadata))",
+            "PRIORITY=\(syslogPriority(level))",
+            "SYSLOG_IDENTIFIER=\(identifier)",
+        ]
+        for key in metadata.keys.sorted() {
+            let name = journalFieldName(key)
+            guard !name.isEmpty else { continue }
+            fields.append("\(name)=\(metadata[key]!)")
+        }
+        return fields
+    }
+
+    /// Journal field names are `[A-Z0-9_]`, not starting with `_` or a digit.
+    static func journalFieldName(_ key: String) -> String {
+        var name = String(key.uppercased().unicodeScalars.map { scalar -> Character in
+            ("A"..."Z").contains(scalar) || ("0"..."9").contains(scalar) ? Character(scalar) : "_"
+        })
+        while name.first == "_" || name.first?.isNumber == true { name.removeFirst() }
+        if !name.hasPrefix("MAILROUTE_") { name = "MAILROUTE_" + name }
+        return String(name.prefix(64))
+    }
+
+    static func sendToJournal(_ fields: [String]) {
+        // sd_journal_sendv takes each field as raw bytes, so values may hold newlines.
+        let buffers = fields.map { Array($0.utf8) }
+        let pointers: [UnsafeMutableRawPointer] = buffers.map { bytes in
+            let p = UnsafeMutableRawPointer.allocate(byteCount: max(1, bytes.count), alignment: 1)
+            bytes.withUnsafeBytes { p.copyMemory(from: $0.baseAddress!, byteCount: bytes.count) }
+            return p
+        }
+        defer { pointers.forEach { $0.deallocate() } }
+        var vectors = zip(pointers, buffers).map { iovec(iov_base: $0, iov_len: $1.count) }
+        _ = sd_journal_sendv(&vectors, Int32(vectors.count))
+    }
+}

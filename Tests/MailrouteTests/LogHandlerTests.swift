@@ -1,0 +1,54 @@
+import Logging
+import Testing
+
+@testable import MailrouteCore
+
+@Suite struct LogHandlerTests {
+    let attempt: Logger.Metadata = [
+        LogKey.id: "42", LogKey.tenant: "acme", LogKey.config: "acme/main", LogKey.route: "fallback",
+        LogKey.outcome: "sent", LogKey.code: "250", "response": "250 2.0.0 Ok: queued as 4XYZ",
+    ]
+
+    @Test func stderrLinesAreKeyValueWithQuotingWhereNeeded() {
+        let line = MailrouteLogHandler.line(message: "delivery", metadata: attempt)
+        #expect(line == #"delivery id=42 tenant=acme config=acme/main route=fallback outcome=sent code=250 response="250 2.0.0 Ok: queued as 4XYZ""#)
+        #expect(MailrouteLogHandler.quote("a\nb \"c\"") == #""a\nb \"c\"""#)
+        #expect(MailrouteLogHandler.quote("") == #""""#)
+    }
+
+    @Test func journalEntriesCarryTheStructuredFields() {
+        let fields = MailrouteLogHandler.journalFields(level: .warning, message: "delivery", metadata: attempt, identifier: "mailrouted")
+        #expect(fields.contains("PRIORITY=4"))
+        #expect(fields.contains("SYSLOG_IDENTIFIER=mailrouted"))
+        #expect(fields.contains("MAILROUTE_ID=42"))
+        #expect(fields.contains("MAILROUTE_TENANT=acme"))
+        #expect(fields.contains("MAILROUTE_CONFIG=acme/main"))
+        #expect(fields.contains("MAILROUTE_ROUTE=fallback"))
+        #expect(fields.contains("MAILROUTE_OUTCOME=sent"))
+        #expect(fields.contains("MAILROUTE_CODE=250"))
+        #expect(fields.contains("MAILROUTE_RESPONSE=250 2.0.0 Ok: queued as 4XYZ"))
+        #expect(fields.first?.hasPrefix("MESSAGE=delivery ") == true)
+    }
+
+    @Test func valuesWithNewlinesStayOneFieldAndNamesAreLegal() {
+        let fields = MailrouteLogHandler.journalFields(level: .error, message: "x", metadata: ["response": "421 line one\n421 line two"], identifier: "m")
+        #expect(fields.contains("MAILROUTE_RESPONSE=421 line one\n421 line two"))
+        #expect(MailrouteLogHandler.journalFieldName("mailroute.id") == "MAILROUTE_ID")
+        #expect(MailrouteLogHandler.journalFieldName("_private-key.x") == "MAILROUTE_PRIVATE_KEY_X")
+        #expect(MailrouteLogHandler.journalFieldName("9lives") == "MAILROUTE_LIVES")
+    }
+
+    @Test func prioritiesFollowSyslog() {
+        #expect(MailrouteLogHandler.syslogPriority(.critical) == 2)
+        #expect(MailrouteLogHandler.syslogPriority(.error) == 3)
+        #expect(MailrouteLogHandler.syslogPriority(.info) == 6)
+        #expect(MailrouteLogHandler.syslogPriority(.debug) == 7)
+    }
+
+    @Test func theJournalIsChosenOnlyWhenStderrIsConnectedToIt() {
+        #expect(MailrouteLogHandler.sink(for: .auto, environment: [:]) == .stderr(priorityPrefix: false))
+        #expect(MailrouteLogHandler.sink(for: .auto, environment: ["JOURNAL_STREAM": "1:2"]) == .stderr(priorityPrefix: false))
+        #expect(MailrouteLogHandler.sink(for: .journal, environment: [:]) == .journal)
+        #expect(MailrouteLogHandler.sink(for: .stderr, environment: [:]) == .stderr(priorityPrefix: false))
+    }
+}

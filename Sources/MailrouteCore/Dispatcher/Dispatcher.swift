@@ -82,8 +82,15 @@ public actor Dispatcher: Service {
         var lastExpiry = 0.0
         var lastRouting = -Double.infinity
         var lastHousekeeping = 0.0
+        var lastPing = -Double.infinity
+        let pingInterval = notifier.watchdogInterval()
         while !stop.isSet {
             let t = now()
+            // From the loop itself: a loop that stalls stops pinging, and systemd restarts it.
+            if let pingInterval, t - lastPing >= pingInterval {
+                lastPing = t
+                notifier.watchdog()
+            }
             // Commits by anyone (enqueuers, the CLI, our own results) show in data_version;
             // time-based work shows in nextDue; the poll interval is only a safety net.
             if watcher.changed() || t >= (nextDue ?? .infinity) || t - lastCycle >= settings.queue.pollIntervalSeconds {

@@ -23,12 +23,15 @@ final class DaemonProcess: @unchecked Sendable {
     }
 
     /// Starts the daemon and waits until it says it started.
-    func start() throws {
+    func start(environment extra: [String: String] = [:]) throws {
         let process = Process()
         process.executableURL = Paths.mailrouted
         process.arguments = ["--config", env.configPath]
         var environment = ProcessInfo.processInfo.environment
         environment.removeValue(forKey: "NOTIFY_SOCKET")
+        environment.removeValue(forKey: "WATCHDOG_USEC")
+        environment.removeValue(forKey: "WATCHDOG_PID")
+        for (k, v) in extra { environment[k] = v }
         process.environment = environment
         if !FileManager.default.fileExists(atPath: logPath) {
             _ = FileManager.default.createFile(atPath: logPath, contents: nil)

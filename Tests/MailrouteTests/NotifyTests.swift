@@ -1,0 +1,76 @@
+import Foundation
+import Testing
+
+@testable import MailrouteCore
+
+/// A NOTIFY_SOCKET listener, as systemd would hold, receiving what `mailrouted` says.
+final class NotifyListener: @unchecked Sendable {
+    let path: String
+    private let fd: Int32
+    private let lock = NSLock()
+    private var received: [String] = []
+    private var thread: Thread?
+    private var running = true
+
+    init() throws {
+        path = Paths.temporaryDirectory("notify").appendingPathComponent("n.sock").path
+        fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue), 0)
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &addr.sun_path) { buf in
+            for (i, b) in path.utf8.enumerated() { buf[i] = b }
+        }
+        let ok = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        guard ok == 0 else { throw DaemonError.didNotStart("cannot bind \(path)") }
+        var timeout = timeval(tv_sec: 0, tv_usec: 100_000)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        let thread = Thread { [self] in
+            var buffer = [UInt8](repeating: 0, count: 4096)
+            while lock.withLock({ running }) {
+                let n = recv(fd, &buffer, buffer.count, 0)
+                if n > 0 { lock.withLock { received.append(String(decoding: buffer[..<n], as: UTF8.self)) } }
+            }
+        }
+        self.thread = thread
+        thread.start()
+    }
+
+    deinit {
+        lock.withLock { running = false }
+        usleep(200_000)
+        close(fd)
+    }
+
+    var messages: [String] { lock.withLock { received } }
+}
+
+@Suite struct NotifyTests {
+    @Test func readyStatusWatchdogAndStopping() throws {
+        let listener = try NotifyListener()
+        let env = try CtlEnvironment()
+        let daemon = DaemonProcess(env: env)
+        try daemon.start(environment: ["NOTIFY_SOCKET": listener.path, "WATCHDOG_USEC": "400000"])
+        #expect(waitUntil(timeout: 10) { listener.messages.contains { $0.contains("READY=1") } })
+        let pingsBefore = listener.messages.filter { $0 == "WATCHDOG=1" }.count
+        usleep(2_000_000)
+        let pings = listener.messages.filter { $0 == "WATCHDOG=1" }.count - pingsBefore
+        // Every 0.2 s (half of WATCHDOG_USEC) over 2 s: about 10.
+        #expect(pings >= 6 && pings <= 14, "\(pings) pings in 2 s")
+        #expect(waitUntil(timeout: 10) { listener.messages.contains { $0.hasPrefix("STATUS=queued") } })
+        #expect(daemon.stop(SIGTERM) == 0)
+        #expect(waitUntil(timeout: 5) { listener.messages.contains { $0.contains("STOPPING=1") } })
+        #expect(listener.messages.first { $0.contains("READY=1") }.map { listener.messages.firstIndex(of: $0)! } == 0, "READY comes first")
+    }
+
+    @Test func noWatchdogWithoutSystemdAskingForIt() throws {
+        let listener = try NotifyListener()
+        let env = try CtlEnvironment()
+        let daemon = DaemonProcess(env: env)
+        try daemon.start(environment: ["NOTIFY_SOCKET": listener.path])
+        #expect(waitUntil(timeout: 10) { listener.messages.contains { $0.contains("READY=1") } })
+        usleep(500_000)
+        #expect(!listener.messages.contains("WATCHDOG=1"))
+    }
+}

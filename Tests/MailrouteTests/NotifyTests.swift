@@ -73,4 +73,33 @@ final class NotifyListener: @unchecked Sendable {
         usleep(500_000)
         #expect(!listener.messages.contains("WATCHDOG=1"))
     }
+
+    @Test func sighupReloadsTheConfigFileAndKeepsTheOldOneWhenInvalid() throws {
+        let oldRelay = try SMTPTestServer(), newRelay = try SMTPTestServer()
+        let listener = try NotifyListener()
+        let env = try CtlEnvironment(platformPort: oldRelay.port)
+        let daemon = DaemonProcess(env: env)
+        try daemon.start(environment: ["NOTIFY_SOCKET": listener.path])
+        try daemon.waitFor(try daemon.enqueue(tenant: nil, subject: "before"), .sent)
+
+        let original = try String(contentsOfFile: env.configPath, encoding: .utf8)
+        try original.replacingOccurrences(of: "port = \(oldRelay.port)", with: "port = \(newRelay.port)")
+            .write(toFile: env.configPath, atomically: true, encoding: .utf8)
+        daemon.signal(SIGHUP)
+        #expect(waitUntil(timeout: 10) { daemon.log().contains("reloaded") })
+        #expect(daemon.log().contains("changed=platform"))
+        let readies = listener.messages.filter { $0.contains("READY=1") }.count
+        #expect(listener.messages.contains { $0.contains("RELOADING=1") })
+        #expect(readies >= 2, "READY again after the reload")
+        try daemon.waitFor(try daemon.enqueue(tenant: nil, subject: "after"), .sent)
+        #expect(newRelay.messages().compactMap { $0.header("Subject") } == ["after"])
+
+        try (original + "\nbogus_key = 1\n").write(toFile: env.configPath, atomically: true, encoding: .utf8)
+        daemon.signal(SIGHUP)
+        #expect(waitUntil(timeout: 10) { daemon.log().contains("reload failed") })
+        #expect(daemon.log().contains("unknown key secrets.bogus_key"))
+        try daemon.waitFor(try daemon.enqueue(tenant: nil, subject: "still"), .sent)
+        #expect(newRelay.messages().compactMap { $0.header("Subject") } == ["after", "still"], "the running config stayed")
+        #expect(daemon.stop() == 0)
+    }
 }

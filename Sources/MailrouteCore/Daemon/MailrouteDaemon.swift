@@ -28,6 +28,8 @@ public struct MailrouteDaemon: Sendable {
                 logger.error("no encryption key: configurations with a password cannot log in", metadata: ["error": "\(error)"])
             }
         }
+        // A SIGHUP before the reload service listens must not kill the daemon (its default action).
+        signal(SIGHUP, SIG_IGN)
         let notifier = SystemdNotifier()
         let dispatcher = try Dispatcher(settings: settings, store: store, secrets: secrets, logger: logger, notifier: notifier)
         let platform = settings.platform
@@ -44,7 +46,11 @@ public struct MailrouteDaemon: Sendable {
         notifier.ready(status: "\(configs.count) SMTP configuration(s), delivering")
         let group = ServiceGroup(
             configuration: .init(
-                services: [.init(service: dispatcher)],
+                services: [
+                    .init(service: dispatcher),
+                    .init(service: ReloadService(
+                        configPath: configPath, dispatcher: dispatcher, notifier: notifier, logger: logger, current: settings)),
+                ],
                 gracefulShutdownSignals: [.sigterm, .sigint],
                 logger: logger))
         try await group.run()

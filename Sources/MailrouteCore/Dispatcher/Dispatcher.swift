@@ -8,14 +8,14 @@ import ServiceLifecycle
 /// It never blocks a cooperative thread: SQLite work goes through GRDB's async API and
 /// SMTP through pools that own their threads.
 public actor Dispatcher: Service {
-    let settings: MailrouteConfiguration
+    private(set) var settings: MailrouteConfiguration
     let store: QueueStore
     let secrets: SecretBox?
     let logger: Logger
     let notifier: SystemdNotifier
     let now: @Sendable () -> Double
     let random: @Sendable () -> Double
-    let platformPassword: String?
+    private var platformPassword: String?
 
     private var pools: [PoolKey: ConnectionPool] = [:]
     private var routing = RoutingTable(configs: [], routes: [])
@@ -47,15 +47,31 @@ public actor Dispatcher: Service {
         self.now = now
         self.random = random
         self.writer = OutcomeWriter(store: store)
+        platformPassword = try Self.readPlatformPassword(settings)
+    }
+
+    static func readPlatformPassword(_ settings: MailrouteConfiguration) throws -> String? {
         let file = settings.platform.passwordFile
-        if file.isEmpty {
-            platformPassword = nil
-        } else {
-            guard let data = FileManager.default.contents(atPath: file) else {
-                throw ConfigFileError("platform.password_file \(file) cannot be read")
-            }
-            platformPassword = String(decoding: data, as: UTF8.self).trimmingCharacters(in: .newlines)
+        guard !file.isEmpty else { return nil }
+        guard let data = FileManager.default.contents(atPath: file) else {
+            throw ConfigFileError("platform.password_file \(file) cannot be read")
         }
+        return String(decoding: data, as: UTF8.self).trimmingCharacters(in: .newlines)
+    }
+
+    /// Takes a re-read config file. Pools are rebuilt on next use, since timeouts and the relay
+    /// may have changed; sends in hand finish on the old ones. The queue database stays the one
+    /// opened at start.
+    public func reload(_ new: MailrouteConfiguration) async throws {
+        let password = try Self.readPlatformPassword(new)
+        var next = new
+        next.queue.path = settings.queue.path
+        settings = next
+        platformPassword = password
+        routingDirty = true
+        let old = Array(pools.values)
+        pools.removeAll()
+        for pool in old { Task { await pool.close() } }
     }
 
     // MARK: - The loop

@@ -9,6 +9,7 @@ public struct SystemdNotifier: Sendable {
     public func status(_ status: String) { send("STATUS=\(status)") }
     public func stopping() { send("STOPPING=1\nSTATUS=stopping") }
     public func watchdog() { send("WATCHDOG=1") }
+    public func reloading() { send("RELOADING=1\nSTATUS=reloading") }
 
     /// Half of `WatchdogSec` when systemd expects pings from this process, else nil.
     public func watchdogInterval() -> Double? {

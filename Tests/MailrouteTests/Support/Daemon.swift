@@ -52,6 +52,10 @@ final class DaemonProcess: @unchecked Sendable {
         return String(decoding: data[Int(offset)...], as: UTF8.self)
     }
 
+    func signal(_ signal: Int32) {
+        if let process { kill(process.processIdentifier, signal) }
+    }
+
     /// Sends `signal` and waits for the exit; returns the exit status.
     @discardableResult
     func stop(_ signal: Int32 = SIGTERM, timeout: TimeInterval = 30) -> Int32 {

@@ -102,4 +102,29 @@ final class NotifyListener: @unchecked Sendable {
         #expect(newRelay.messages().compactMap { $0.header("Subject") } == ["after", "still"], "the running config stayed")
         #expect(daemon.stop() == 0)
     }
+
+    @Test func sigtermInABurstLosesNothingAndLeavesNothingSending() throws {
+        let server = try SMTPTestServer()
+        let listener = try NotifyListener()
+        let env = try CtlEnvironment()
+        // Slow enough that the burst is still going when the signal comes.
+        try env.addConfig(name: "main", port: server.port, extra: ["--max-connections", "2", "--rate-per-minute", "1200"])
+        let daemon = DaemonProcess(env: env)
+        try daemon.enqueueMany(100, subject: "burst")
+        try daemon.start(environment: ["NOTIFY_SOCKET": listener.path])
+        #expect(waitUntil(timeout: 20) { server.messages().count >= 5 })
+        let started = Date()
+        #expect(daemon.stop(SIGTERM) == 0)
+        #expect(Date().timeIntervalSince(started) < 10, "stopped within its bound")
+        #expect(listener.messages.contains { $0.contains("STOPPING=1") })
+        #expect(try daemon.count(status: .sending) == 0, "unstarted leases were released")
+        let sent = try daemon.count(status: .sent)
+        #expect(sent < 100, "the signal came in the middle")
+        #expect(sent + (try daemon.count(status: .queued)) == 100)
+        #expect(server.messages().count == sent, "every row marked sent was delivered, and only those")
+
+        try daemon.start()
+        #expect(waitUntil(timeout: 30) { (try? daemon.count(status: .sent)) == 100 })
+        #expect(Set(server.messages().compactMap { $0.header("Subject") }).count == 100)
+    }
 }

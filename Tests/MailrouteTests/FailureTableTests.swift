@@ -61,7 +61,7 @@ import Testing
         let server = try SMTPTestServer(.init(starttls: true, auth: ("alice", "right")))
         let result = try env.addConfig(
             name: "main", port: server.port, security: "starttls",
-            extra: ["--username", "alice", "--ca-file", TestCA.shared.caFile, "--fallback", "none"], password: "wrong")
+            extra: ["--username", "alice", "--ca-file", TestCA.shared.caFile, "--fallback", "none"], password: "Wr0ng-Pa55word")
         #expect(result.status == 0)
         try daemon.start()
         let id = try daemon.enqueue()
@@ -71,6 +71,9 @@ import Testing
         #expect((row.nextAttemptAt ?? 0) > Date().timeIntervalSince1970 + 500, "waits for the cool-down")
         #expect(try daemon.config("acme", "main").errorKind == .authFailed)
         #expect(relay.messages().isEmpty)
+        #expect(daemon.log().contains("auth_failed"))
+        #expect(!daemon.log().contains("Wr0ng-Pa55word"), "no password in the log")
+        #expect(!daemon.log().contains("AHdyb25n"), "nor an AUTH line")
     }
 
     @Test func tlsFailureFallsBack() throws {

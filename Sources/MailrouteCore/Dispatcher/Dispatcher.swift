@@ -85,11 +85,12 @@ public actor Dispatcher: Service {
                 // Stop taking work: queued jobs come back as not started, sends in hand finish.
                 await self.closeAllPools()
             }
-        } onGracefulShutdown: { [doorbell] in
+        } onGracefulShutdown: { [doorbell, notifier] in
+            // Tell systemd at once; the drain that follows is what TimeoutStopSec bounds.
+            notifier.stopping()
             stop.set()
             doorbell.ring()
         }
-        notifier.stopping()
     }
 
     private func loop(watcher: ChangeWatcher, group: inout DiscardingTaskGroup) async {

@@ -356,14 +356,9 @@ public actor Dispatcher: Service {
             await finish(claimed, sentOutcome(report, assembled: assembled, attempts: attempts, config: nil, route: route))
         case .failed(let error):
             // The relay failing is never final unless the message itself was refused.
-            var verdict = DeliveryPolicy.verdict(
+            let verdict = DeliveryPolicy.verdict(
                 for: .failure(error), attemptsAfter: message.attempts + attempts.count, expiresAt: message.expiresAt, now: now(),
                 fallback: .none, viaPlatform: true, retry: RetryPolicy(settings.delivery), random: random())
-            if error.isConfigurationLevel {
-                verdict = DeliveryPolicy.retryOrGiveUp(
-                    attemptsAfter: message.attempts + attempts.count, expiresAt: message.expiresAt, now: now(),
-                    retry: RetryPolicy(settings.delivery), random: random())
-            }
             await finish(claimed, outcome(for: verdict, attempts: attempts, config: nil, route: route, error: error))
         }
     }

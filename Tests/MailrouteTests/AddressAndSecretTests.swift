@@ -12,6 +12,9 @@ import Testing
         (#""Say \"hi\"" <x@example.com>"#, "x@example.com", #"Say "hi""#),
         ("Zoë Ünicode <z@example.com>", "z@example.com", "Zoë Ünicode"),
         ("  first.last+tag@sub.example.co.uk  ", "first.last+tag@sub.example.co.uk", nil),
+        // IDN domains leave as punycode: an envelope and a header without SMTPUTF8.
+        ("Jörg <j@Bücher.de>", "j@xn--bcher-kva.de", "Jörg"),
+        ("info@münchen.example", "info@xn--mnchen-3ya.example", nil),
     ] as [(String, String, String?)])
     func parses(input: String, address: String, name: String?) throws {
         let parsed = try EmailAddress(parsing: input)
@@ -22,7 +25,7 @@ import Testing
     @Test(arguments: [
         "", "no-at-sign", "@example.com", "a@", "a@@example.com", "a b@example.com", "a@exa mple.com",
         "a@example.com\r\nBcc: x@y.com", "Doe, Jane <jane@example.com>", "a..b@example.com", "a@-bad-.com",
-        "a@bücher.de", "<a@example.com", "a@example.com>",
+        "jörg@example.com", "a@☃.com", "a@bü cher.de", "<a@example.com", "a@example.com>",
     ])
     func refuses(input: String) {
         #expect(throws: EmailAddressError.self) { try EmailAddress(parsing: input) }

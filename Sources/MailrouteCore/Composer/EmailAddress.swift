@@ -1,5 +1,6 @@
 /// One mailbox, parsed per RFC 5322 (`a@x.com`, `Name <a@x.com>`, `"Last, First" <a@x.com>`),
-/// never by splitting on commas. The result is safe to put in a header and an SMTP envelope.
+/// never by splitting on commas. The result is safe to put in a header and an SMTP envelope:
+/// an internationalized domain is stored in its punycode form.
 public struct EmailAddress: Sendable, Hashable, CustomStringConvertible {
     /// The addr-spec, as sent in MAIL FROM / RCPT TO.
     public let address: String
@@ -56,7 +57,12 @@ public struct EmailAddress: Sendable, Hashable, CustomStringConvertible {
             throw EmailAddressError("\"\(original)\" has no @")
         }
         let local = String(spec[..<at])
-        let domain = String(spec[spec.index(after: at)...])
+        let domain: String
+        do {
+            domain = try IDNA.toASCII(String(spec[spec.index(after: at)...]))
+        } catch {
+            throw EmailAddressError("\"\(original)\": \(error)")
+        }
         guard !local.isEmpty else { throw EmailAddressError("\"\(original)\" has an empty local part") }
         guard local.utf8.count <= 64 else { throw EmailAddressError("\"\(original)\": local part longer than 64 octets") }
         if local.hasPrefix("\"") {
@@ -64,6 +70,9 @@ public struct EmailAddress: Sendable, Hashable, CustomStringConvertible {
                 local.dropFirst().dropLast().allSatisfy({ $0.isASCII && $0 != "\"" || $0 == " " })
             else { throw EmailAddressError("\"\(original)\": malformed quoted local part") }
         } else {
+            guard local.utf8.allSatisfy({ $0 < 0x80 }) else {
+                throw EmailAddressError("\"\(original)\": a non-ASCII local part needs SMTPUTF8, which Mailroute does not use")
+            }
             let atoms = local.split(separator: ".", omittingEmptySubsequences: false)
             guard atoms.allSatisfy({ !$0.isEmpty && $0.allSatisfy { atext.contains($0) } }) else {
                 throw EmailAddressError("\"\(original)\": invalid character or dot in the local part")
@@ -80,9 +89,6 @@ public struct EmailAddress: Sendable, Hashable, CustomStringConvertible {
                 domain.dropFirst().dropLast().allSatisfy({ $0.isASCII && ($0.isHexDigit || $0 == "." || $0 == ":" || $0.isLetter) })
             else { throw EmailAddressError("\"\(original)\": malformed address literal") }
             return
-        }
-        guard domain.allSatisfy(\.isASCII) else {
-            throw EmailAddressError("\"\(original)\": internationalized domains must be given in punycode (xn--…)")
         }
         guard domain.utf8.count <= 253 else { throw EmailAddressError("\"\(original)\": domain longer than 253 octets") }
         let labels = domain.split(separator: ".", omittingEmptySubsequences: false)

@@ -131,15 +131,14 @@ public enum Validate {
         return try domain(value, field: field)
     }
 
+    /// A domain of at least two labels (an authorized domain is `brand.com` or
+    /// `mail.brand.com`, never a bare TLD), lowercased, internationalized names in punycode.
     public static func domain(_ value: String, field: String) throws -> String {
-        let labels = value.split(separator: ".", omittingEmptySubsequences: false)
-        guard (1...253).contains(value.utf8.count), labels.allSatisfy({ label in
-            (1...63).contains(label.utf8.count) && label.first != "-" && label.last != "-"
-                && label.allSatisfy { $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "-" || $0 == "_") }
-        }) else {
-            throw MailrouteError.invalid(field: field, reason: "\"\(value)\" is not a valid domain name")
+        do {
+            return try DNSName.domain(value).lowercased()
+        } catch {
+            throw MailrouteError.invalid(field: field, reason: error.description)
         }
-        return value.lowercased()
     }
 
     /// A mailbox as a queue row holds it: `a@x.com` or `Name <a@x.com>`.

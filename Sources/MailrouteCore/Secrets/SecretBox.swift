@@ -87,19 +87,10 @@ public enum KeyFile {
     public static func generate(at path: String) throws {
         let key = SymmetricKey(size: .bits256)
         let text = key.withUnsafeBytes { Data($0).base64EncodedString() } + "\n"
-        let directory = URL(fileURLWithPath: path).deletingLastPathComponent().path
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        // O_EXCL: two operators running this at once must not both "win".
-        let fd = open(path, O_WRONLY | O_CREAT | O_EXCL, 0o600)
-        guard fd >= 0 else {
-            if errno == EEXIST { throw SecretError.keyFileExists(path) }
-            throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO)
+        do {
+            try PrivateFile.create(at: path, contents: Array(text.utf8))
+        } catch PrivateFile.Exists.exists {
+            throw SecretError.keyFileExists(path)
         }
-        defer { close(fd) }
-        let written = text.utf8CString.withUnsafeBufferPointer { buf in
-            write(fd, buf.baseAddress, buf.count - 1)
-        }
-        guard written == text.utf8.count else { throw POSIXError(.EIO) }
-        fsync(fd)
     }
 }

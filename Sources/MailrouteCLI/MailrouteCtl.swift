@@ -8,6 +8,7 @@ public struct MailrouteCtl: ParsableCommand {
         abstract: "Manage Mailroute's SMTP configurations, routes and queue.",
         subcommands: [
             ConfigCommand.self, RouteCommand.self, EnqueueCommand.self, QueueCommand.self, MigrateCommand.self, KeyCommand.self,
+            DKIMCommand.self,
         ])
 
     public init() {}

@@ -128,4 +128,27 @@ import Testing
     func headersCannotOverrideStructure(headers: String) {
         #expect(throws: InvalidMessage.self) { try MessageAssembler.assemble(row(headers: headers), attachments: [], identity: identity) }
     }
+
+    @Test(arguments: [
+        ("multipart/mixed; boundary=x", "cannot be multipart"), ("message/rfc822", "cannot be message"), ("pdf", "not type/subtype"),
+        ("application/pdf\u{0}", "not type/subtype"), ("text/csv; charset=\"utf-8\"\u{1B}", "U+001B"),
+    ])
+    func attachmentTypesCannotReshapeTheMessage(contentType: String, reason: String) {
+        let attachment = AttachmentRecord(messageId: 1, filename: "a.bin", contentType: contentType, content: Data([1]))
+        #expect {
+            try MessageAssembler.assemble(row(), attachments: [attachment], identity: identity)
+        } throws: { error in
+            "\(error)".contains(reason)
+        }
+    }
+
+    @Test func controlCharactersInTextThatBecomesAHeaderAreRefused() {
+        var m = row()
+        m.subject = "bell\u{07}"
+        #expect(throws: InvalidMessage("subject contains the control character U+0007")) {
+            try MessageAssembler.assemble(m, attachments: [], identity: identity)
+        }
+        m.subject = "tab\tis fine, and so is ✓"
+        #expect(throws: Never.self) { try MessageAssembler.assemble(m, attachments: [], identity: identity) }
+    }
 }

@@ -36,6 +36,7 @@ public enum MessageAssembler {
     public static func assemble(
         _ row: MessageRecord, attachments: [AttachmentRecord], identity: SenderIdentity, now: Date = Date()
     ) throws -> Assembled {
+        if let name = identity.name { try checkHeaderText(name, "from_name") }
         let from: EmailAddress
         do {
             from = try EmailAddress(address: identity.address, displayName: identity.name)
@@ -46,7 +47,7 @@ public enum MessageAssembler {
         guard !to.isEmpty else { throw InvalidMessage("rcpt_to has no address") }
         let cc = try row.cc.map { try addresses($0, column: "cc") } ?? []
         let bcc = try row.bcc.map { try addresses($0, column: "bcc") } ?? []
-        if row.subject.contains(where: \.isNewline) { throw InvalidMessage("subject contains a line break") }
+        try checkHeaderText(row.subject, "subject")
         guard row.textBody != nil || row.htmlBody != nil else { throw InvalidMessage("neither text_body nor html_body") }
 
         var message = OutgoingMessage(from: from, to: to, subject: row.subject, textBody: row.textBody, htmlBody: row.htmlBody)
@@ -61,13 +62,43 @@ public enum MessageAssembler {
         }
         message.extraHeaders = try headers(row.headers)
         message.attachments = try attachments.map { a in
-            guard !a.filename.contains(where: \.isNewline) else { throw InvalidMessage("attachment \(a.id ?? 0): file name has a line break") }
+            try checkHeaderText(a.filename, "attachment \(a.id ?? 0) file name")
+            try checkContentType(a.contentType, "attachment \(a.id ?? 0) content_type")
             return OutgoingMessage.Attachment(filename: a.filename, contentType: a.contentType, content: [UInt8](a.content))
         }
 
         var seen = Set<String>()
         let recipients = (to + cc + bcc).map(\.address).filter { seen.insert($0.lowercased()).inserted }
         return Assembled(envelopeFrom: from.address, recipients: recipients, composed: MessageComposer.compose(message))
+    }
+
+    /// Text an enqueuer controls that ends up in a header. The CHECKs refuse CR and LF at
+    /// INSERT, but a row can be UPDATEd past them, so the daemon checks again; other control
+    /// characters are refused too, since servers treat a NUL or a lone CR unpredictably.
+    static func checkHeaderText(_ value: String, _ field: String) throws {
+        for scalar in value.unicodeScalars {
+            if scalar == "\r" || scalar == "\n" || scalar == "\u{2028}" || scalar == "\u{2029}" || scalar == "\u{85}" {
+                throw InvalidMessage("\(field) contains a line break")
+            }
+            if scalar.value < 0x20 && scalar != "\t" || scalar.value == 0x7F {
+                throw InvalidMessage("\(field) contains the control character U+\(String(format: "%04X", scalar.value))")
+            }
+        }
+    }
+
+    /// `type/subtype` with optional parameters; multipart and message types would let an
+    /// attachment rewrite the message's own MIME structure.
+    static func checkContentType(_ value: String, _ field: String) throws {
+        let base = value.split(separator: ";", maxSplits: 1).first.map { $0.trimmingCharacters(in: .whitespaces).lowercased() } ?? ""
+        let tokenCharacters = Set("abcdefghijklmnopqrstuvwxyz0123456789!#$&^_.+-")
+        let parts = base.split(separator: "/", omittingEmptySubsequences: false)
+        guard parts.count == 2, parts.allSatisfy({ !$0.isEmpty && $0.allSatisfy(tokenCharacters.contains) }) else {
+            throw InvalidMessage("\(field) \"\(value)\" is not type/subtype")
+        }
+        guard parts[0] != "multipart", parts[0] != "message" else {
+            throw InvalidMessage("\(field) \"\(value)\": an attachment cannot be \(parts[0])/*")
+        }
+        try checkHeaderText(value, field)
     }
 
     static func addresses(_ json: String, column: String) throws -> [EmailAddress] {
@@ -97,9 +128,7 @@ public enum MessageAssembler {
             guard !forbiddenHeaders.contains(name.lowercased()) else {
                 throw InvalidMessage("headers may not set \(name)")
             }
-            guard !value.contains(where: { $0.isNewline || $0 == "\0" }) else {
-                throw InvalidMessage("header \(name) contains a line break")
-            }
+            try checkHeaderText(value, "header \(name)")
             return (name, value)
         }
     }

@@ -92,7 +92,9 @@ public enum MessageComposer {
     }
 
     static func encodeUnstructured(_ text: String) -> String {
-        let plain = text.allSatisfy { $0.isASCII && $0 != "\r" && $0 != "\n" }
+        // Printable ASCII and tab go as they are; anything else, control characters included,
+        // only ever inside an encoded word, where it cannot end the header.
+        let plain = text.unicodeScalars.allSatisfy { $0 == "\t" || (0x20...0x7E).contains($0.value) }
         // Encoded words also carry ASCII that looks like one, or words too long to fold.
         if plain && !text.contains("=?") && !text.split(separator: " ").contains(where: { $0.utf8.count > 900 }) {
             return text

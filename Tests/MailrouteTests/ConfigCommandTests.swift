@@ -74,6 +74,7 @@ import Testing
         (["--reply-to", "not-an-address"], "--reply-to"),
         (["--authorized-domains", "good.test;bad domain"], "--authorized-domains"),
         (["--authorized-senders", "a@good.test;nobody"], "--authorized-senders"),
+        (["--authorized-domains", "com"], "--authorized-domains"),
         (["--max-connections", "101"], "--max-connections"),
         (["--ca-file", "/nonexistent/ca.pem"], "--ca-file"),
         (["--fallback", "relay"], "--fallback"),
@@ -86,6 +87,20 @@ import Testing
         #expect(result.status != 0)
         #expect(result.stderr.contains(field), "\(result.stderr) should name \(field)")
         #expect(try env.jsonArray("config", "list").isEmpty, "nothing was saved")
+    }
+
+    @Test func authorizedListsAreNormalizedAndShown() throws {
+        let added = try env.ctl(
+            "config", "add", "--tenant", "acme", "--name", "main", "--host", "h.test", "--from-address", "a@acme.test",
+            "--authorized-domains", "Brand.Example; mail.brand.example;Bücher.example", "--authorized-senders", "CEO@Other.Example",
+            "--block-unauthorized")
+        #expect(added.status == 0, "\(added.stderr)")
+        let shown = try env.json("config", "show", "acme/main")
+        #expect(shown["authorized_domains"] as? [String] == ["brand.example", "mail.brand.example", "xn--bcher-kva.example"])
+        #expect(shown["authorized_senders"] as? [String] == ["CEO@Other.Example"])
+        let text = try env.ctl("route", "resolve", "--tenant", "acme").stdout
+        #expect(text.contains("brand.example; mail.brand.example; xn--bcher-kva.example"))
+        #expect(text.contains("CEO@Other.Example"))
     }
 
     @Test(arguments: ["not-an-address", "a@", "Name <a@acme.test>", "a@acme.test\nBcc: x@y.test"])

@@ -71,6 +71,16 @@ import Testing
         ("ceo@other.test", ["acme.test"], ["ceo@other.test"], true),
         ("cfo@other.test", [], ["ceo@other.test"], false),
         ("anyone@anywhere.test", [], [], true),
+        // Exact domains at the second and third level, neither covering the other.
+        ("a@acme.test", ["mail.acme.test"], [], false),
+        ("a@news.mail.acme.test", ["mail.acme.test"], [], false),
+        ("a@notacme.test", ["acme.test"], [], false),
+        // Either list authorizes; senders compare case-insensitively.
+        ("CEO@Other.Test", ["acme.test"], ["ceo@other.test"], true),
+        ("a@acme.test", ["acme.test"], ["ceo@other.test"], true),
+        // IDN: the list holds punycode (as `config add` stores it), the row may hold either form.
+        ("info@bücher.example", ["xn--bcher-kva.example"], [], true),
+        ("info@xn--bcher-kva.example", ["bücher.example"], [], true),
     ])
     func senderAuthorization(address: String, domains: [String], senders: [String], expected: Bool) {
         #expect(SenderAuthorization.isAuthorized(address, domains: domains, senders: senders) == expected)

@@ -94,13 +94,26 @@ public enum DeliveryPolicy {
 
 /// SPEC §2: a `mail_from` override must be in the configuration's authorized senders or
 /// domains; both lists empty authorizes everyone.
+/// SPEC §2: a `mail_from` override is authorized by an exact domain (`brand.com` does not
+/// cover `mail.brand.com`; list both to allow both) or an exact address, case-insensitively;
+/// both lists empty authorizes everyone. Internationalized domains compare in punycode, the
+/// form the lists are stored in.
 public enum SenderAuthorization {
     public static func isAuthorized(_ address: String, domains: [String], senders: [String]) -> Bool {
         if domains.isEmpty && senders.isEmpty { return true }
-        let lower = address.lowercased()
-        if senders.contains(where: { $0.lowercased() == lower }) { return true }
-        guard let at = lower.lastIndex(of: "@") else { return false }
-        let domain = String(lower[lower.index(after: at)...])
-        return domains.contains { $0.lowercased() == domain }
+        let normalized = normalize(address)
+        if senders.contains(where: { normalize($0) == normalized }) { return true }
+        guard let at = normalized.lastIndex(of: "@") else { return false }
+        let domain = normalized[normalized.index(after: at)...]
+        return domains.contains { normalizeDomain(Substring($0)) == domain }
+    }
+
+    static func normalize(_ address: String) -> String {
+        guard let at = address.lastIndex(of: "@") else { return address.lowercased() }
+        return address[..<at].lowercased() + "@" + normalizeDomain(address[address.index(after: at)...])
+    }
+
+    static func normalizeDomain(_ domain: Substring) -> String {
+        ((try? IDNA.toASCII(String(domain))) ?? String(domain)).lowercased()
     }
 }

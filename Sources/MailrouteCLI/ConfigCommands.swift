@@ -127,7 +127,9 @@ struct ConfigShow: CtlCommand {
     }
 
     static func show(_ r: SMTPConfigRecord, service: ConfigurationService, json: Bool) throws {
-        let view = ConfigView(r, defaultMaxConnections: service.settings.delivery.defaultMaxConnections)
+        var view = ConfigView(r, defaultMaxConnections: service.settings.delivery.defaultMaxConnections)
+        let signing = DKIMSummary(r, keysDirectory: service.settings.dkim.keysDirectory)
+        view.dkimKeys = signing.keys
         if json { return try Output.json(view) }
         var fields: [(String, String)] = [
             ("configuration", r.label),
@@ -139,7 +141,7 @@ struct ConfigShow: CtlCommand {
             ("default", r.isDefault ? "yes" : "no"),
             ("enabled", r.enabled ? "yes" : "no"),
             ("fallback", r.fallback.rawValue),
-            ("dkim", r.dkim.rawValue),
+            ("dkim", "\(r.dkim.rawValue): \(signing.text)"),
             ("authorized domains", r.authorizedDomainList.isEmpty ? "(any)" : r.authorizedDomainList.joined(separator: "; ")),
             ("authorized senders", r.authorizedSenderList.isEmpty ? "(any)" : r.authorizedSenderList.joined(separator: "; ")),
             ("unauthorized senders", r.blockUnauthorized ? "blocked" : "logged and sent"),
@@ -254,5 +256,30 @@ struct ConfigTest: CtlCommand {
         let service = try global.context.open()
         let result = try service.test(try ConfigRef(parsing: ref), to: to)
         try ConfigVerify.report(result, json: global.context.json, success: "sent: test message to \(to) through \(result.config)")
+    }
+}
+
+/// What the daemon would sign this configuration's mail with, read from the keys directory
+/// as the daemon reads it.
+struct DKIMSummary {
+    var text: String
+    /// `domain/selector (algorithm)` of each key that signs.
+    var keys: [String]
+
+    init(_ r: SMTPConfigRecord, keysDirectory: String) {
+        let domain = r.fromAddress.split(separator: "@").last.map { $0.lowercased() } ?? ""
+        guard r.dkim == .platform else {
+            (text, keys) = ("the tenant's server signs; the platform adds no signature", [])
+            return
+        }
+        let keyring = DKIMKeyring.load(directory: keysDirectory)
+        keys = keyring.signingKeys(for: domain).map { "\($0.domain)/\($0.selector) (\($0.algorithm.rawValue))" }
+        if !keys.isEmpty {
+            text = "signed as " + keys.joined(separator: ", ")
+        } else if keyring.entries.contains(where: { $0.key == nil }) {
+            text = "no usable key for \(domain) in \(keysDirectory) (see `mailroutectl dkim list`): unsigned"
+        } else {
+            text = "no key for \(domain) in \(keysDirectory): unsigned (`mailroutectl dkim generate --domain \(domain) ...`)"
+        }
     }
 }

@@ -17,6 +17,8 @@ struct ConfigView: Encodable {
     var isDefault: Bool
     var fallback: String
     var dkim: String
+    /// The keys that would sign this configuration's mail (`config show` only).
+    var dkimKeys: [String]?
     var authorizedDomains: [String]
     var authorizedSenders: [String]
     var blockUnauthorized: Bool

@@ -167,6 +167,17 @@ import Testing
         #expect(written.isEmpty)
     }
 
+    @Test func configShowSaysWhatWouldSign() throws {
+        let env = try CtlEnvironment(extraTOML: DKIMDeliveryTests.keysTOML)
+        try #require(env.addConfig(name: "main", port: 2525).status == 0)
+        try #require(env.addConfig(name: "own", port: 2525, extra: ["--dkim", "server"]).status == 0)
+        #expect(try env.ctl("config", "show", "acme/main").stdout.contains("no key for acme.test"))
+        _ = try DKIMDeliveryTests.generate(env, domain: "acme.test", selector: "s1")
+        #expect(try env.ctl("config", "show", "acme/main").stdout.contains("platform: signed as acme.test/s1 (rsa-sha256)"))
+        #expect(try env.json("config", "show", "acme/main")["dkim_keys"] as? [String] == ["acme.test/s1 (rsa-sha256)"])
+        #expect(try env.ctl("config", "show", "acme/own").stdout.contains("server: the tenant's server signs"))
+    }
+
     @Test func idnDomainsGetTheirPunycodeName() throws {
         let env = try CtlEnvironment(extraTOML: DKIMDeliveryTests.keysTOML)
         let json = try env.json("dkim", "generate", "--domain", "bücher.example", "--selector", "s", "--algorithm", "ed25519")

@@ -54,6 +54,14 @@ import Testing
             #expect(Set(report.signatures.map(\.a)) == ["rsa-sha256", "ed25519-sha256"])
             #expect(report.signatures.allSatisfy { $0.d == "acme.test" })
         }
+        // What arrived, changed after the fact: a word of the body, then the subject.
+        let plain = try #require(mails.first { $0.header("Subject") == "plain" })
+        for (from, to) in [("the report is attached", "the report is attacked"), ("Subject: plain", "Subject: plain!")] {
+            let tampered = Array(plain.text.replacingOccurrences(of: from, with: to).utf8)
+            #expect(tampered != Array(plain.data))
+            let report = try DKIMVerifier.verify(tampered, records: records)
+            #expect(report.signatures.count == 2 && report.signatures.allSatisfy { !$0.ok }, "\(to): \(report)")
+        }
     }
 
     @Test func aTenantWhoseServerSignsGetsNoPlatformSignature() throws {

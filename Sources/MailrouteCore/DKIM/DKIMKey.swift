@@ -31,7 +31,7 @@ public struct DKIMKey: Sendable {
     private let signer: Signer
 
     private enum Signer: @unchecked Sendable {
-        // _RSA keys are immutable BoringSSL objects, safe to share; the type is just not annotated.
+        // Curve25519 keys are immutable values; swift-crypto 3 just does not annotate them.
         case rsa(_RSA.Signing.PrivateKey)
         case ed25519(Curve25519.Signing.PrivateKey)
     }

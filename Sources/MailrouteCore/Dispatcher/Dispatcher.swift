@@ -399,7 +399,8 @@ public actor Dispatcher: Service {
     /// The keys that sign mail from `address`: none when the tenant's own server signs.
     private func signingKeys(from address: String, serverSigns: Bool) -> [DKIMKey] {
         guard !serverSigns, let at = address.lastIndex(of: "@") else { return [] }
-        let domain = address[address.index(after: at)...].lowercased()
+        // The From header carries an internationalized domain in punycode, and so do key names.
+        let domain = SenderAuthorization.normalizeDomain(address[address.index(after: at)...])
         let keys = keyring.signingKeys(for: domain)
         if keys.isEmpty, keyring.directoryExists, unsignedDomains.insert(domain).inserted {
             logger.notice("no DKIM key for this domain; its mail leaves unsigned", metadata: ["domain": "\(domain)", "dir": "\(keyring.directory)"])

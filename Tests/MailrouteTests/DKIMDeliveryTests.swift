@@ -95,6 +95,21 @@ import Testing
         #expect(report.signatures.map(\.d) == ["mailroute.test"])
     }
 
+    @Test func anInternationalizedSenderIsSignedUnderItsPunycodeName() throws {
+        let server = try SMTPTestServer()
+        let env = try CtlEnvironment(extraTOML: Self.keysTOML)
+        let (name, txt) = try Self.generate(env, domain: "bücher.example", selector: "s1", algorithm: "ed25519")
+        try #require(env.addConfig(name: "main", port: server.port).status == 0)
+        let daemon = DaemonProcess(env: env)
+        let id = try daemon.enqueue(mailFrom: "verlag@Bücher.example")
+        try daemon.start()
+        try daemon.waitFor(id, .sent)
+        let mail = try #require(server.messages().first)
+        #expect(mail.envelope.mail_from == "verlag@xn--bcher-kva.example")
+        let report = try Self.verify(mail, records: [name: txt])
+        #expect(report.allPass && report.signatures.map(\.d) == ["xn--bcher-kva.example"], "\(report)")
+    }
+
     @Test func sighupLoadsANewKey() throws {
         let server = try SMTPTestServer()
         let env = try CtlEnvironment(extraTOML: Self.keysTOML)

@@ -50,3 +50,14 @@ import Testing
         }
     }
 }
+
+@Suite struct DateHeaderTests {
+    @Test(arguments: [
+        (0.0, "Thu, 01 Jan 1970 00:00:00 +0000"),
+        (1_795_434_584.9, "Mon, 23 Nov 2026 11:49:44 +0000"),
+        (951_782_400, "Tue, 29 Feb 2000 00:00:00 +0000"),
+    ])
+    func rfc5322(seconds: Double, expected: String) {
+        #expect(MessageComposer.rfc5322Date(Date(timeIntervalSince1970: seconds)) == expected)
+    }
+}

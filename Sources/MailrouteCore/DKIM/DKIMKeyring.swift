@@ -21,7 +21,6 @@ public struct DKIMKeyring: Sendable {
         public var key: DKIMKey? { try? result.get() }
     }
 
-    public static let empty = DKIMKeyring(directory: "", directoryExists: false, entries: [])
 
     public static func load(directory: String) -> DKIMKeyring {
         var isDirectory: ObjCBool = false

@@ -21,7 +21,6 @@ public struct DKIMKeyring: Sendable {
         public var key: DKIMKey? { try? result.get() }
     }
 
-
     public static func load(directory: String) -> DKIMKeyring {
         var isDirectory: ObjCBool = false
         guard FileManager.default.fileExists(atPath: directory, isDirectory: &isDirectory), isDirectory.boolValue else {

@@ -92,12 +92,7 @@ public struct EmailAddress: Sendable, Hashable, CustomStringConvertible {
         }
         guard domain.utf8.count <= 253 else { throw EmailAddressError("\"\(original)\": domain longer than 253 octets") }
         let labels = domain.split(separator: ".", omittingEmptySubsequences: false)
-        for label in labels {
-            guard (1...63).contains(label.utf8.count),
-                label.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "-" }),
-                label.first != "-", label.last != "-"
-            else { throw EmailAddressError("\"\(original)\": invalid domain \"\(domain)\"") }
-        }
+        guard labels.allSatisfy(DNSName.isLDH) else { throw EmailAddressError("\"\(original)\": invalid domain \"\(domain)\"") }
     }
 
     /// A display name: words, or quoted strings with backslash escapes.

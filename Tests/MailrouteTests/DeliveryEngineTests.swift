@@ -245,21 +245,24 @@ import Testing
         #expect(waitUntil { old.events().contains("quit") }, "the old pool's connection was closed politely")
     }
 
+    /// A row as the daemon leaves it after sending: enqueuers may not INSERT one like that.
+    static func insertSent(_ db: Database, at sentAt: Double) throws -> Int64 {
+        try db.execute(sql: "INSERT INTO messages (category, rcpt_to, subject, text_body) VALUES ('report', '[\"a@b.test\"]', 's', 'b')")
+        let id = db.lastInsertedRowID
+        try db.execute(
+            sql: "UPDATE messages SET status = 'sent', sent_at = ?, effective_priority = 3 WHERE id = ?", arguments: [sentAt, id])
+        return id
+    }
+
     @Test func sentMessagesArePurgedAfterRetention() throws {
         let env = try CtlEnvironment(queue: ["retention_days = 1"])
         let daemon = DaemonProcess(env: env)
         let old = Date().timeIntervalSince1970 - 3 * 86400
         let id = try daemon.db.write { db -> Int64 in
-            try db.execute(
-                sql: "INSERT INTO messages (category, rcpt_to, subject, text_body, status, sent_at, effective_priority) VALUES ('report', '[\"a@b.test\"]', 's', 'b', 'sent', ?, 3)",
-                arguments: [old])
-            return db.lastInsertedRowID
+            try Self.insertSent(db, at: old)
         }
         let recent = try daemon.db.write { db -> Int64 in
-            try db.execute(
-                sql: "INSERT INTO messages (category, rcpt_to, subject, text_body, status, sent_at, effective_priority) VALUES ('report', '[\"a@b.test\"]', 's', 'b', 'sent', ?, 3)",
-                arguments: [Date().timeIntervalSince1970])
-            return db.lastInsertedRowID
+            try Self.insertSent(db, at: Date().timeIntervalSince1970)
         }
         try daemon.start()
         #expect(waitUntil(timeout: 10) { (try? daemon.db.read { db in try MessageRecord.fetchOne(db, key: id) }) == nil })

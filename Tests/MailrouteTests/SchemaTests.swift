@@ -77,11 +77,83 @@ import Testing
         (["send_at": ("tomorrow").databaseValue], "send_at"),
         (["expires_at": ("never").databaseValue], "expires_at"),
         (["status": ("bogus").databaseValue], "status"),
+        // The daemon's columns (issue 9): a row written as already sent would never be delivered.
+        (["status": ("sent").databaseValue], "status is the daemon's"),
+        (["status": ("deferred").databaseValue], "status is the daemon's"),
+        (["attempts": (3).databaseValue], "attempts"),
+        (["next_attempt_at": (1_900_000_000).databaseValue], "next_attempt_at"),
+        (["lease_until": (1_900_000_000).databaseValue], "lease_until"),
+        (["config_id": (1).databaseValue], "config_id"),
+        (["route": ("default").databaseValue], "route"),
+        (["last_error": ("x").databaseValue], "last_error"),
+        (["smtp_response": ("250 ok").databaseValue], "smtp_response"),
+        (["message_id_header": ("<a@b>").databaseValue], "message_id_header"),
+        (["sent_at": (1_900_000_000).databaseValue], "sent_at"),
+        (["effective_priority": (1).databaseValue], "effective_priority"),
+        // Milliseconds (JavaScript's Date.now()) and other times far outside 2000-2200.
+        (["send_at": (1_764_000_000_000).databaseValue], "send_at must be Unix seconds between"),
+        (["send_at": (1e300).databaseValue], "send_at"),
+        (["send_at": (-1).databaseValue], "send_at"),
+        (["expires_at": (1_764_000_000_000.5).databaseValue], "expires_at must be Unix seconds between"),
+        (["created_at": (1_764_000_000_000).databaseValue], "created_at"),
+        // One address per element, caught at INSERT rather than at delivery.
+        (["rcpt_to": (#"["not an address"]"#).databaseValue], "rcpt_to must hold one address per element"),
+        (["rcpt_to": (#"["a@x.com, b@x.com"]"#).databaseValue], "rcpt_to must hold one address per element"),
+        (["rcpt_to": (#"["a@x.com;b@x.com"]"#).databaseValue], "rcpt_to"),
+        (["rcpt_to": (#"["Jane <j@x.com>, Bob <b@x.com>"]"#).databaseValue], "rcpt_to"),
+        (["rcpt_to": (#"["a@b@x.com"]"#).databaseValue], "rcpt_to"),
+        (["rcpt_to": (#"["@x.com"]"#).databaseValue], "rcpt_to"),
+        (["rcpt_to": (#"["jane@"]"#).databaseValue], "rcpt_to"),
+        (["rcpt_to": (#"["Jane <jane@x.com"]"#).databaseValue], "rcpt_to"),
+        (["rcpt_to": (#"["ok@x.com", "Jane <>"]"#).databaseValue], "rcpt_to"),
+        (["cc": (#"["boss"]"#).databaseValue], "cc must hold one address per element"),
+        (["bcc": (#"["a@x.com b@x.com"]"#).databaseValue], "bcc must hold one address per element"),
     ] as [([String: DatabaseValue], String)])
     func checkRefusesBadRowNamingTheColumn(overrides: [String: DatabaseValue], column: String) throws {
         let error = #expect(throws: DatabaseError.self) { try insert(overrides) }
         #expect(error?.message?.contains(column) == true, "\(error?.message ?? "no message") should name \(column)")
         #expect(try store.pool.read { db in try MessageRecord.fetchCount(db) } == 0)
+    }
+
+    @Test(arguments: [
+        #"["a@example.com"]"#, #"["Jane Doe <jane@example.com>"]"#, #"["\"Doe, Jane\" <jane@example.com>"]"#,
+        #"["\"bob@old.example\" <bob@new.example>"]"#, #"["dev@localhost"]"#, #"["  padded@example.com  "]"#,
+        #"["a@example.com", "B <b@example.com>"]"#,
+    ])
+    func addressesAsPeopleWriteThemPass(rcptTo: String) throws {
+        try insert(["rcpt_to": rcptTo.databaseValue, "cc": rcptTo.databaseValue, "bcc": rcptTo.databaseValue])
+        #expect(try store.pool.read { db in try MessageRecord.fetchCount(db) } == 1)
+    }
+
+    @Test func timesInSecondsAndAnOriginalCreationTimePass() throws {
+        let now = Date().timeIntervalSince1970
+        try insert(["send_at": (now + 3600.5).databaseValue, "expires_at": (now + 7200).databaseValue, "created_at": (now - 86400).databaseValue])
+        #expect(try store.pool.read { db in try MessageRecord.fetchCount(db) } == 1)
+    }
+
+    /// A database made before v3 keeps every row, the ones v3 would refuse included; new rows
+    /// are checked from then on.
+    @Test func theContractMigrationKeepsExistingRows() throws {
+        let path = Paths.temporaryDirectory("schema-v2").appendingPathComponent("q.db").path
+        let old = try DatabasePool(path: path)
+        try Migrations.migrator.migrate(old, upTo: "v2-claim-order")
+        try old.write { db in
+            try db.execute(sql: """
+                INSERT INTO messages (category, rcpt_to, subject, text_body, status, sent_at, send_at)
+                VALUES ('report', '["a@x.com, b@x.com"]', 'old', 'b', 'sent', 1764000000, 1764000000000)
+                """)
+        }
+        try old.close()
+        let store = try QueueStore(path: path)
+        #expect(try store.appliedMigrations().last == "v3-enqueuer-contract")
+        let rows = try store.pool.read { db in try MessageRecord.fetchAll(db) }
+        #expect(rows.map(\.subject) == ["old"])
+        #expect(rows.first?.status == .sent)
+        #expect(throws: DatabaseError.self) {
+            try store.pool.write { db in
+                try db.execute(sql: "INSERT INTO messages (category, rcpt_to, subject, text_body, status) VALUES ('report', '[\"a@x.com\"]', 'new', 'b', 'sent')")
+            }
+        }
     }
 
     @Test func duplicateIdempotencyKeyIsRefused() throws {
@@ -115,6 +187,6 @@ import Testing
 
     @Test func reopeningDoesNotRerunMigrations() throws {
         let again = try QueueStore(path: store.path)
-        #expect(try again.appliedMigrations() == ["v1-schema", "v2-claim-order"])
+        #expect(try again.appliedMigrations() == ["v1-schema", "v2-claim-order", "v3-enqueuer-contract"])
     }
 }

@@ -15,6 +15,9 @@ enum Migrations {
         migrator.registerMigration("v2-claim-order") { db in
             try db.execute(sql: v2)
         }
+        migrator.registerMigration("v3-enqueuer-contract") { db in
+            try db.execute(sql: v3)
+        }
         return migrator
     }
 
@@ -217,4 +220,74 @@ enum Migrations {
         CREATE INDEX messages_unadmitted ON messages (id) WHERE effective_priority IS NULL AND status = 'queued';
         CREATE INDEX messages_claim ON messages (effective_priority, id) WHERE status IN ('queued', 'deferred');
         """
+
+    /// Enqueuers' mistakes that used to pass the INSERT and fail (or worse, sit) later: a row
+    /// written as already `sent`, times in milliseconds, comma lists in place of one address.
+    /// Triggers only look at new rows, so existing rows are kept as they are.
+    static let v3 = """
+        CREATE TRIGGER messages_check_daemon_columns BEFORE INSERT ON messages
+        BEGIN
+            SELECT RAISE(ABORT, 'status is the daemon''s: insert new rows as queued (leave status out)')
+            WHERE NEW.status IS NOT 'queued';
+            SELECT RAISE(ABORT, 'attempts is the daemon''s: leave it out of the INSERT') WHERE NEW.attempts IS NOT 0;
+            SELECT RAISE(ABORT, 'next_attempt_at is the daemon''s: use send_at') WHERE NEW.next_attempt_at IS NOT NULL;
+            SELECT RAISE(ABORT, 'lease_until is the daemon''s: leave it out of the INSERT') WHERE NEW.lease_until IS NOT NULL;
+            SELECT RAISE(ABORT, 'config_id is the daemon''s: route with tenant, advertiser, cname and category')
+            WHERE NEW.config_id IS NOT NULL;
+            SELECT RAISE(ABORT, 'route is the daemon''s: route with tenant, advertiser, cname and category')
+            WHERE NEW.route IS NOT NULL;
+            SELECT RAISE(ABORT, 'last_error_kind is the daemon''s: leave it out of the INSERT') WHERE NEW.last_error_kind IS NOT NULL;
+            SELECT RAISE(ABORT, 'last_error is the daemon''s: leave it out of the INSERT') WHERE NEW.last_error IS NOT NULL;
+            SELECT RAISE(ABORT, 'smtp_response is the daemon''s: leave it out of the INSERT') WHERE NEW.smtp_response IS NOT NULL;
+            SELECT RAISE(ABORT, 'message_id_header is the daemon''s: the daemon writes the Message-ID')
+            WHERE NEW.message_id_header IS NOT NULL;
+            SELECT RAISE(ABORT, 'sent_at is the daemon''s: leave it out of the INSERT') WHERE NEW.sent_at IS NOT NULL;
+            SELECT RAISE(ABORT, 'effective_priority is the daemon''s: set priority instead') WHERE NEW.effective_priority IS NOT NULL;
+        END;
+
+        CREATE TRIGGER messages_check_times BEFORE INSERT ON messages
+        BEGIN
+            SELECT RAISE(ABORT, 'send_at must be Unix seconds between 2000-01-01 and 2200-01-01 (milliseconds? divide by 1000)')
+            WHERE NEW.send_at IS NOT NULL AND typeof(NEW.send_at) IN ('integer', 'real')
+              AND NOT (NEW.send_at BETWEEN 946684800 AND 7258118400);
+            SELECT RAISE(ABORT, 'expires_at must be Unix seconds between 2000-01-01 and 2200-01-01 (milliseconds? divide by 1000)')
+            WHERE NEW.expires_at IS NOT NULL AND typeof(NEW.expires_at) IN ('integer', 'real')
+              AND NOT (NEW.expires_at BETWEEN 946684800 AND 7258118400);
+            SELECT RAISE(ABORT, 'created_at must be Unix seconds between 2000-01-01 and 2200-01-01 (milliseconds? divide by 1000)')
+            WHERE NOT (typeof(NEW.created_at) IN ('integer', 'real') AND NEW.created_at BETWEEN 946684800 AND 7258118400);
+        END;
+
+        \(addressShapeTrigger("rcpt_to"))
+
+        \(addressShapeTrigger("cc"))
+
+        \(addressShapeTrigger("bcc"))
+        """
+
+    /// Part of v3 (frozen with it): each element of a recipient list is one address, bare
+    /// (`a@x.com`) or in angle brackets after a display name (`Name <a@x.com>`), with one `@`
+    /// and nothing a list or a header could hide in. The daemon's RFC 5322 parser still has
+    /// the last word; this catches, at INSERT, what SQL can see.
+    private static func addressShapeTrigger(_ column: String) -> String {
+        """
+        CREATE TRIGGER messages_check_\(column)_addresses BEFORE INSERT ON messages
+        WHEN CASE WHEN json_valid(NEW.\(column)) THEN json_type(NEW.\(column)) = 'array' ELSE 0 END
+        BEGIN
+            SELECT RAISE(ABORT, '\(column) must hold one address per element, like a@example.com or Name <a@example.com>')
+            WHERE EXISTS (
+                SELECT 1 FROM (
+                    SELECT v, CASE WHEN instr(v, '<') > 0
+                                   THEN substr(v, instr(v, '<') + 1, length(v) - instr(v, '<') - 1)
+                                   ELSE v END AS address
+                    FROM (SELECT trim(value) AS v FROM json_each(NEW.\(column)) WHERE type = 'text'))
+                WHERE NOT (
+                    (instr(v, '<') = 0 AND instr(v, '>') = 0
+                     OR (v GLOB '*>' AND length(v) - length(replace(v, '<', '')) = 1
+                         AND length(v) - length(replace(v, '>', '')) = 1))
+                    AND length(address) - length(replace(address, '@', '')) = 1
+                    AND address NOT GLOB '@*' AND address NOT GLOB '*@'
+                    AND address NOT GLOB '*[ ,;<>' || char(9) || ']*'));
+        END;
+        """
+    }
 }

@@ -81,3 +81,27 @@ import Testing
         #expect(throws: SecretError.badKeyFile(path)) { try KeyFile.load(configured: path, environment: [:]) }
     }
 }
+
+/// `--host` as people write it (issue 9): Docker service names and `localhost` are hosts too.
+@Suite struct HostNameTests {
+    @Test(arguments: [
+        ("localhost", "localhost"), ("mailhog", "mailhog"), ("SMTP.Example.COM", "smtp.example.com"),
+        ("smtp.example.com.", "smtp.example.com"), ("127.0.0.1", "127.0.0.1"), ("::1", "::1"), ("[::1]", "::1"),
+        ("[2001:DB8::25]", "2001:db8::25"), ("mail.bücher.de", "mail.xn--bcher-kva.de"), ("smtp-relay-1", "smtp-relay-1"),
+    ])
+    func accepts(input: String, normalized: String) throws {
+        #expect(try DNSName.host(input) == normalized)
+        #expect(try Validate.host(input) == normalized)
+    }
+
+    @Test(arguments: [
+        ("smtp example.com", "is not a host name"), ("-bad-.example.com", "is not a host name"), ("1234", "IPv4"),
+        ("999.1.1.1", "IPv4"), ("10.0.0", "IPv4"), ("::g", "IPv6"), ("[::1", "IPv6"), ("", "host name"),
+        ("a..b.example", "is not a host name"), ("smtp.example.123", "is not a host name"),
+    ])
+    func refusesNamingTheValue(input: String, reason: String) {
+        let error = #expect(throws: DNSNameError.self) { try DNSName.host(input) }
+        #expect(error?.description.contains(reason) == true, "\(error?.description ?? "")")
+        #expect(error?.description.contains("\"\(input)\"") == true)
+    }
+}

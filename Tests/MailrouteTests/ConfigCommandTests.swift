@@ -89,6 +89,13 @@ import Testing
         #expect(try env.jsonArray("config", "list").isEmpty, "nothing was saved")
     }
 
+    @Test(arguments: ["localhost", "mailhog", "127.0.0.1", "[::1]"])
+    func addTakesHostsAsLocalSetupsNameThem(host: String) throws {
+        let result = try env.ctl("config", "add", "--tenant", "acme", "--name", "main", "--host", host, "--from-address", "a@acme.test")
+        #expect(result.status == 0, "\(result.stderr)")
+        #expect(try env.json("config", "show", "acme/main")["host"] as? String == host.trimmingCharacters(in: CharacterSet(charactersIn: "[]")))
+    }
+
     @Test func authorizedListsAreNormalizedAndShown() throws {
         let added = try env.ctl(
             "config", "add", "--tenant", "acme", "--name", "main", "--host", "h.test", "--from-address", "a@acme.test",

@@ -120,15 +120,11 @@ public enum Validate {
     }
 
     public static func host(_ value: String) throws -> String {
-        let field = "--host"
-        if value.hasPrefix("[") && value.hasSuffix("]") { return try host(String(value.dropFirst().dropLast())) }
-        if value.contains(":") {
-            guard value.allSatisfy({ $0.isHexDigit || $0 == ":" || $0 == "." }) else {
-                throw MailrouteError.invalid(field: field, reason: "\"\(value)\" is not a host name or IP address")
-            }
-            return value
+        do {
+            return try DNSName.host(value)
+        } catch {
+            throw MailrouteError.invalid(field: "--host", reason: error.description)
         }
-        return try domain(value, field: field)
     }
 
     /// A domain of at least two labels (an authorized domain is `brand.com` or

@@ -9,7 +9,7 @@ struct MigrateCommand: CtlCommand {
     func execute() throws {
         let service = try global.context.open()
         let applied = try service.store.appliedMigrations()
-        if global.context.json { return try Output.json(["database": service.store.path, "migrations": applied.joined(separator: ",")]) }
+        if global.context.json { return try Output.object(["database": service.store.path, "migrations": applied]) }
         print("\(service.store.path): schema up to date (\(applied.joined(separator: ", ")))")
     }
 }
@@ -29,7 +29,7 @@ struct KeyGenerate: CtlCommand {
     func execute() throws {
         let path = try output ?? global.context.settings().secrets.keyFile
         try KeyFile.generate(at: path)
-        if global.context.json { return try Output.json(["key_file": path]) }
+        if global.context.json { return try Output.object(["key_file": path]) }
         print("wrote a new key to \(path)")
         print("under systemd, pass it as a credential: LoadCredential=\(KeyFile.credentialName):\(path)")
     }

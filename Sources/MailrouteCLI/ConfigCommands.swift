@@ -170,7 +170,7 @@ struct ConfigDelete: CtlCommand {
         let service = try global.context.open()
         let config = try ConfigRef(parsing: ref)
         let routes = try service.store.deleteConfig(tenant: config.tenant, name: config.name)
-        if global.context.json { return try Output.json(["deleted": config.description, "routes_removed": "\(routes)"]) }
+        if global.context.json { return try Output.object(["deleted": config.description, "routes_removed": routes]) }
         print("deleted \(config) and \(routes) route(s) to it")
     }
 }
@@ -184,7 +184,7 @@ struct ConfigSetDefault: CtlCommand {
         let service = try global.context.open()
         let config = try ConfigRef(parsing: ref)
         try service.store.setDefault(tenant: config.tenant, name: config.name)
-        if global.context.json { return try Output.json(["default": config.description]) }
+        if global.context.json { return try Output.object(["default": config.description]) }
         print("\(config) is now the default of tenant \(config.tenant)")
     }
 }
@@ -200,7 +200,7 @@ struct ConfigEnable: CtlCommand {
         let service = try global.context.open()
         let config = try ConfigRef(parsing: ref)
         try service.store.setEnabled(tenant: config.tenant, name: config.name, enabled: enabled)
-        if global.context.json { return try Output.json(["config": config.description, "enabled": enabled ? "true" : "false"]) }
+        if global.context.json { return try Output.object(["config": config.description, "enabled": enabled]) }
         print("\(config) \(enabled ? "enabled" : "disabled")")
     }
 }

@@ -93,6 +93,12 @@ enum Output {
         print(String(decoding: data, as: UTF8.self))
     }
 
+    /// A small acknowledgement (`{"id": 42}`), with numbers and booleans as JSON's own.
+    static func object(_ value: [String: Any]) throws {
+        let data = try JSONSerialization.data(withJSONObject: value, options: [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes])
+        print(String(decoding: data, as: UTF8.self))
+    }
+
     /// Columns padded to their widest cell; the last column is not padded.
     static func table(_ header: [String], _ rows: [[String]]) {
         let all = [header] + rows

@@ -32,16 +32,16 @@ struct KeysDirectoryOption: ParsableArguments {
 
 struct DKIMKeyView: Encodable {
     var file: String
-    var domain: String?
-    var selector: String?
-    var algorithm: String?
-    var bits: Int?
+    @Nullable var domain: String?
+    @Nullable var selector: String?
+    @Nullable var algorithm: String?
+    @Nullable var bits: Int?
     /// `signing`, `standby` (a newer key of the same algorithm signs) or `error`.
     var status: String
-    var error: String?
-    var warning: String?
-    var dnsName: String?
-    var txt: String?
+    @Nullable var error: String?
+    @Nullable var warning: String?
+    @Nullable var dnsName: String?
+    @Nullable var txt: String?
 }
 
 struct DKIMGenerate: CtlCommand {

@@ -55,7 +55,7 @@ struct EnqueueCommand: CtlCommand {
             return (name, MediaType.guess(for: name), data)
         }
         let id = try service.store.enqueue(message, attachments: attachments)
-        if global.context.json { return try Output.json(["id": id]) }
+        if global.context.json { return try Output.object(["id": id]) }
         print("queued message \(id)")
     }
 
@@ -124,13 +124,13 @@ struct QueueShow: CtlCommand {
         if global.context.json {
             var view = MessageView(message)
             view.attemptLog = attempts.map(AttemptView.init)
-            view.attachments = attachments.map { "\($0.filename) (\($0.contentType), \($0.content.count) bytes)" }
+            view.attachments = attachments.map(AttachmentView.init)
             return try Output.json(view)
         }
         Output.fields([
             ("message", "\(id)"), ("status", message.status.rawValue), ("tenant", message.tenant ?? "- (platform)"),
             ("category", message.category), ("priority", message.priority.map(String.init) ?? "category default"),
-            ("to", message.rcptTo), ("subject", message.subject), ("route", message.route?.rawValue ?? "-"),
+            ("to", StoredJSON.list(message.rcptTo)?.joined(separator: ", ") ?? "-"), ("subject", message.subject), ("route", message.route?.rawValue ?? "-"),
             ("tries", "\(message.attempts)"), ("next try", formatTime(message.nextAttemptAt)),
             ("expires", formatTime(message.expiresAt)), ("last error", message.lastErrorKind.map { "\($0): \(message.lastError ?? "")" } ?? "-"),
             ("server reply", message.smtpResponse ?? "-"), ("message-id", message.messageIdHeader ?? "-"),
@@ -168,7 +168,7 @@ struct QueueRetry: CtlCommand {
         if let id, count == 0 {
             throw MailrouteError.conflict("message \(id) does not exist or is not failed, expired, cancelled or deferred")
         }
-        if global.context.json { return try Output.json(["requeued": count]) }
+        if global.context.json { return try Output.object(["requeued": count]) }
         print("requeued \(count) message(s)")
     }
 }
@@ -183,7 +183,7 @@ struct QueueCancel: CtlCommand {
         guard try service.store.cancel(id: id) else {
             throw MailrouteError.conflict("message \(id) does not exist or is no longer queued or deferred")
         }
-        if global.context.json { return try Output.json(["cancelled": id]) }
+        if global.context.json { return try Output.object(["cancelled": id]) }
         print("cancelled message \(id)")
     }
 }
@@ -207,34 +207,55 @@ struct QueueStats: CtlCommand {
 struct MessageView: Encodable {
     var id: Int64
     var status: String
-    var tenant: String?
+    @Nullable var tenant: String?
+    @Nullable var advertiser: String?
+    @Nullable var cname: String?
     var category: String
-    var priority: Int?
-    var rcptTo: String
+    @Nullable var priority: Int?
+    var rcptTo: [String]
+    @Nullable var cc: [String]?
+    @Nullable var bcc: [String]?
+    @Nullable var mailFrom: String?
+    @Nullable var fromName: String?
+    @Nullable var replyTo: String?
     var subject: String
-    var route: String?
+    @Nullable var headers: [String: String]?
+    @Nullable var idempotencyKey: String?
+    @Nullable var route: String?
     var attempts: Int
-    var nextAttemptAt: Double?
-    var expiresAt: Double?
-    var lastErrorKind: String?
-    var lastError: String?
-    var smtpResponse: String?
-    var messageIdHeader: String?
-    var createdAt: Double?
-    var sentAt: Double?
-    var attemptLog: [AttemptView]?
-    var attachments: [String]?
+    @Nullable var sendAt: Double?
+    @Nullable var nextAttemptAt: Double?
+    @Nullable var expiresAt: Double?
+    @Nullable var lastErrorKind: String?
+    @Nullable var lastError: String?
+    @Nullable var smtpResponse: String?
+    @Nullable var messageIdHeader: String?
+    @Nullable var createdAt: Double?
+    @Nullable var sentAt: Double?
+    /// `queue show` only.
+    @Nullable var attemptLog: [AttemptView]?
+    @Nullable var attachments: [AttachmentView]?
 
     init(_ m: MessageRecord) {
         id = m.id ?? 0
         status = m.status.rawValue
         tenant = m.tenant
+        advertiser = m.advertiser
+        cname = m.cname
         category = m.category
         priority = m.priority
-        rcptTo = m.rcptTo
+        rcptTo = StoredJSON.list(m.rcptTo) ?? []
+        cc = StoredJSON.list(m.cc)
+        bcc = StoredJSON.list(m.bcc)
+        mailFrom = m.mailFrom
+        fromName = m.fromName
+        replyTo = m.replyTo
         subject = m.subject
+        headers = StoredJSON.object(m.headers)
+        idempotencyKey = m.idempotencyKey
         route = m.route?.rawValue
         attempts = m.attempts
+        sendAt = m.sendAt
         nextAttemptAt = m.nextAttemptAt
         expiresAt = m.expiresAt
         lastErrorKind = m.lastErrorKind
@@ -246,19 +267,31 @@ struct MessageView: Encodable {
     }
 }
 
+struct AttachmentView: Encodable {
+    var filename: String
+    var contentType: String
+    var size: Int
+
+    init(_ a: AttachmentRecord) {
+        filename = a.filename
+        contentType = a.contentType
+        size = a.content.count
+    }
+}
+
 struct AttemptView: Encodable {
     var attempt: Int
     var at: Double
-    var config: String?
-    var route: String?
-    var server: String?
+    @Nullable var config: String?
+    @Nullable var route: String?
+    @Nullable var server: String?
     var outcome: String
-    var errorKind: String?
-    var smtpCode: Int?
-    var enhancedCode: String?
-    var response: String?
-    var refusedRecipients: String?
-    var durationS: Double?
+    @Nullable var errorKind: String?
+    @Nullable var smtpCode: Int?
+    @Nullable var enhancedCode: String?
+    @Nullable var response: String?
+    @Nullable var refusedRecipients: [RefusedRecipient]?
+    @Nullable var durationS: Double?
 
     init(_ a: AttemptRecord) {
         attempt = a.attempt
@@ -271,7 +304,7 @@ struct AttemptView: Encodable {
         smtpCode = a.smtpCode
         enhancedCode = a.enhancedCode
         response = a.response
-        refusedRecipients = a.refusedRecipients
+        refusedRecipients = a.refusedRecipients.flatMap { try? JSONDecoder().decode([RefusedRecipient].self, from: Data($0.utf8)) }
         durationS = a.durationS
     }
 }

@@ -70,7 +70,7 @@ struct RouteRemove: CtlCommand {
         let service = try global.context.open()
         let (kind, key) = keys.key
         try service.removeRoute(tenant: tenant, kind: kind, key: key)
-        if global.context.json { return try Output.json(["removed": "\(tenant) \(kind.rawValue) \(key)"]) }
+        if global.context.json { return try Output.object(["removed": ["tenant": tenant, "kind": kind.rawValue, "key": key]]) }
         print("removed \(tenant) \(kind.rawValue) \(key)")
     }
 }

@@ -1,4 +1,32 @@
+import Foundation
 import MailrouteCore
+
+/// `--json` shows every field of a view, `null` where nothing is set, so a script sees the
+/// same keys every time (synthesized Encodable would leave nil fields out).
+@propertyWrapper struct Nullable<Value: Encodable>: Encodable {
+    var wrappedValue: Value?
+
+    init(wrappedValue: Value?) { self.wrappedValue = wrappedValue }
+
+    func encode(to encoder: any Encoder) throws {
+        var container = encoder.singleValueContainer()
+        if let wrappedValue { try container.encode(wrappedValue) } else { try container.encodeNil() }
+    }
+}
+
+/// The queue keeps lists and objects as JSON text; `--json` gives them back as JSON values.
+/// A value an UPDATE made unreadable is shown as it is, inside the expected shape.
+enum StoredJSON {
+    static func list(_ text: String?) -> [String]? {
+        guard let text else { return nil }
+        return (try? JSONDecoder().decode([String].self, from: Data(text.utf8))) ?? [text]
+    }
+
+    static func object(_ text: String?) -> [String: String]? {
+        guard let text else { return nil }
+        return (try? JSONDecoder().decode([String: String].self, from: Data(text.utf8))) ?? ["": text]
+    }
+}
 
 /// What `--json` prints for a configuration: every field but the password, which is only
 /// ever said to be set or not.
@@ -8,29 +36,29 @@ struct ConfigView: Encodable {
     var host: String
     var port: Int
     var security: String
-    var username: String?
+    @Nullable var username: String?
     var hasPassword: Bool
     var fromAddress: String
-    var fromName: String?
-    var replyTo: String?
+    @Nullable var fromName: String?
+    @Nullable var replyTo: String?
     var enabled: Bool
     var isDefault: Bool
     var fallback: String
     var dkim: String
     /// The keys that would sign this configuration's mail (`config show` only).
-    var dkimKeys: [String]?
+    @Nullable var dkimKeys: [String]?
     var authorizedDomains: [String]
     var authorizedSenders: [String]
     var blockUnauthorized: Bool
     var priority: Int
     var maxConnections: Int
-    var ratePerMinute: Int?
-    var caFile: String?
+    @Nullable var ratePerMinute: Int?
+    @Nullable var caFile: String?
     var status: String
-    var errorKind: String?
-    var errorText: String?
-    var suggestedAction: String?
-    var statusChangedAt: Double?
+    @Nullable var errorKind: String?
+    @Nullable var errorText: String?
+    @Nullable var suggestedAction: String?
+    @Nullable var statusChangedAt: Double?
 
     init(_ r: SMTPConfigRecord, defaultMaxConnections: Int) {
         tenant = r.tenant
@@ -70,13 +98,13 @@ struct RouteView: Encodable {
 }
 
 struct ResolutionView: Encodable {
-    var tenant: String?
+    @Nullable var tenant: String?
     var route: String
-    var config: String?
-    var server: String?
-    var fromAddress: String?
-    var authorizedDomains: [String]?
-    var authorizedSenders: [String]?
+    @Nullable var config: String?
+    @Nullable var server: String?
+    @Nullable var fromAddress: String?
+    @Nullable var authorizedDomains: [String]?
+    @Nullable var authorizedSenders: [String]?
     var trail: [String]
 }
 
@@ -84,13 +112,13 @@ struct VerificationView: Encodable {
     var config: String
     var server: String
     var ok: Bool
-    var errorKind: String?
-    var smtpCode: Int?
-    var enhancedCode: String?
-    var serverText: String?
-    var temporary: Bool?
-    var suggestedAction: String?
-    var finalReply: String?
+    @Nullable var errorKind: String?
+    @Nullable var smtpCode: Int?
+    @Nullable var enhancedCode: String?
+    @Nullable var serverText: String?
+    @Nullable var temporary: Bool?
+    @Nullable var suggestedAction: String?
+    @Nullable var finalReply: String?
 
     init(_ result: VerificationResult) {
         config = result.config

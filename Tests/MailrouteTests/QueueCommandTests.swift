@@ -21,8 +21,16 @@ import Testing
 
         let shown = try env.json("queue", "show", "\(id)")
         #expect(shown["status"] as? String == "queued")
-        #expect(shown["rcpt_to"] as? String == #"["a@example.com","Bea <b@example.com>"]"#)
-        #expect((shown["attachments"] as? [String])?.first?.hasPrefix("report.csv (text/csv") == true)
+        // Lists as JSON arrays, attachments as objects, unset fields as null (issue 9).
+        #expect(shown["rcpt_to"] as? [String] == ["a@example.com", "Bea <b@example.com>"])
+        let attached = try #require((shown["attachments"] as? [[String: Any]])?.first)
+        #expect(attached["filename"] as? String == "report.csv")
+        #expect(attached["content_type"] as? String == "text/csv")
+        #expect(attached["size"] as? Int == 17)
+        for key in ["cc", "sent_at", "smtp_response", "last_error", "route", "advertiser"] {
+            #expect(shown[key] is NSNull, "\(key) is present as null")
+        }
+        #expect(shown["attempt_log"] as? [Any] != nil)
 
         let daemon = DaemonProcess(env: env)
         try daemon.start()
@@ -36,6 +44,32 @@ import Testing
         #expect(stats["sent_last_minute"] as? Int == 1)
         #expect(try env.jsonArray("queue", "list", "--status", "sent").count == 1)
         #expect(try env.jsonArray("queue", "list", "--status", "queued").isEmpty)
+        let log = try #require((try env.json("queue", "show", "\(id)")["attempt_log"] as? [[String: Any]])?.first)
+        #expect(log["outcome"] as? String == "sent")
+        #expect(log["smtp_code"] as? Int == 250)
+        #expect(log["error_kind"] is NSNull)
+    }
+
+    /// The same keys in every object of a list, whatever is set, and acknowledgements with
+    /// JSON's own numbers and booleans.
+    @Test func jsonIsStableForScripts() throws {
+        let env = try CtlEnvironment()
+        try env.addConfig(name: "main", port: 2525)
+        try env.addConfig(name: "other", port: 2526, extra: ["--from-name", "Other", "--rate-per-minute", "10"])
+        let configs = try env.jsonArray("config", "list")
+        #expect(configs.count == 2)
+        #expect(Set(configs[0].keys) == Set(configs[1].keys))
+        #expect(configs[0]["rate_per_minute"] is NSNull)
+        #expect(configs[1]["rate_per_minute"] as? Int == 10)
+        #expect(configs[0]["has_password"] as? Bool == false)
+        let disabled = try env.json("config", "disable", "acme/other")
+        #expect(disabled["enabled"] as? Bool == false)
+        let deleted = try env.json("config", "delete", "acme/other")
+        #expect(deleted["routes_removed"] as? Int == 0)
+        let migrated = try env.json("migrate")
+        #expect((migrated["migrations"] as? [String])?.last == "v3-enqueuer-contract")
+        let queued = try env.json("enqueue", "--category", "report", "--to", "a@example.com", "--subject", "s", "--text", "/dev/null")
+        #expect(queued["id"] as? Int == 1)
     }
 
     @Test func enqueueRefusesBadInputWithTheReason() throws {

@@ -38,7 +38,8 @@ public struct MailrouteDaemonCommand: AsyncParsableCommand {
             FileHandle.standardError.write(Data("mailrouted: \(error)\n".utf8))
             throw ExitCode.failure
         }
-        let sink = MailrouteLogHandler.sink(for: settings.log.target)
+        let (sink, warning) = MailrouteLogHandler.sink(for: settings.log.target)
+        if let warning { FileHandle.standardError.write(Data("mailrouted: warning: \(warning)\n".utf8)) }
         let level = Logger.Level(rawValue: settings.log.level.rawValue) ?? .info
         LoggingSystem.bootstrap { _ in
             var handler = MailrouteLogHandler(label: "mailrouted", sink: sink)

@@ -1,3 +1,4 @@
+import Foundation
 import Logging
 import Testing
 
@@ -45,10 +46,30 @@ import Testing
         #expect(MailrouteLogHandler.syslogPriority(.debug) == 7)
     }
 
-    @Test func theJournalIsChosenOnlyWhenStderrIsConnectedToIt() {
-        #expect(MailrouteLogHandler.sink(for: .auto, environment: [:]) == .stderr(priorityPrefix: false))
-        #expect(MailrouteLogHandler.sink(for: .auto, environment: ["JOURNAL_STREAM": "1:2"]) == .stderr(priorityPrefix: false))
-        #expect(MailrouteLogHandler.sink(for: .journal, environment: [:]) == .journal)
-        #expect(MailrouteLogHandler.sink(for: .stderr, environment: [:]) == .stderr(priorityPrefix: false))
+    @Test func theJournalIsChosenOnlyWhenStderrIsConnectedToIt() throws {
+        #expect(MailrouteLogHandler.sink(for: .auto, environment: [:]).sink == .stderr(priorityPrefix: false))
+        #expect(MailrouteLogHandler.sink(for: .auto, environment: ["JOURNAL_STREAM": "1:2"]).sink == .stderr(priorityPrefix: false))
+        #expect(MailrouteLogHandler.sink(for: .stderr, environment: [:]).sink == .stderr(priorityPrefix: false))
+        let journald = try NotifyListener()  // any datagram socket stands in for journald's
+        let chosen = MailrouteLogHandler.sink(for: .journal, environment: [:], journalSocket: journald.path)
+        #expect(chosen.sink == .journal)
+        #expect(chosen.warning == nil)
+    }
+
+    /// Without journald, `target = "journal"` would drop every line: it says so and uses stderr.
+    @Test func aMissingJournalIsReportedAndStderrUsed() {
+        let (sink, warning) = MailrouteLogHandler.sink(for: .journal, environment: [:], journalSocket: "/nonexistent/journal/socket")
+        #expect(sink == .stderr(priorityPrefix: false))
+        #expect(warning?.contains("no journal is running") == true)
+        #expect(warning?.contains("/nonexistent/journal/socket") == true)
+    }
+
+    @Test func stderrLinesStartWithAnRFC3339TimeAndTheLevel() {
+        let time = Date(timeIntervalSince1970: 1_764_578_459.1234)
+        let line = MailrouteLogHandler.stderrLine(level: .warning, message: "delivery", metadata: [LogKey.id: "42"], priorityPrefix: false, at: time)
+        #expect(line == "2025-12-01T08:40:59.123Z warning delivery id=42")
+        let journald = MailrouteLogHandler.stderrLine(level: .warning, message: "delivery", metadata: [LogKey.id: "42"], priorityPrefix: true, at: time)
+        #expect(journald == "<4>delivery id=42", "journald stamps lines itself")
+        #expect(MailrouteLogHandler.rfc3339(Date(timeIntervalSince1970: 0)) == "1970-01-01T00:00:00.000Z")
     }
 }

@@ -23,13 +23,31 @@ public struct MailrouteLogHandler: LogHandler {
 
     /// `auto` means the journal when stderr is connected to it (`$JOURNAL_STREAM` names
     /// stderr's device and inode), because sd_journal_sendv succeeds silently without journald.
-    public static func sink(for target: MailrouteConfiguration.Log.Target, environment: [String: String] = ProcessInfo.processInfo.environment) -> Sink {
+    /// `journal` without a journald to take the entries falls back to stderr with a warning,
+    /// for the same reason: otherwise every line would be lost without a word.
+    public static func sink(
+        for target: MailrouteConfiguration.Log.Target, environment: [String: String] = ProcessInfo.processInfo.environment,
+        journalSocket: String = journalSocketPath
+    ) -> (sink: Sink, warning: String?) {
         let underSystemd = stderrIsJournal(environment)
         switch target {
-        case .journal: return .journal
-        case .stderr: return .stderr(priorityPrefix: underSystemd)
-        case .auto: return underSystemd ? .journal : .stderr(priorityPrefix: false)
+        case .journal:
+            guard isSocket(journalSocket) else {
+                return (.stderr(priorityPrefix: underSystemd),
+                        "[log] target = \"journal\" but no journal is running (no \(journalSocket)); logging to stderr instead")
+            }
+            return (.journal, nil)
+        case .stderr: return (.stderr(priorityPrefix: underSystemd), nil)
+        case .auto: return (underSystemd ? .journal : .stderr(priorityPrefix: false), nil)
         }
+    }
+
+    /// Where journald takes native entries.
+    public static let journalSocketPath = "/run/systemd/journal/socket"
+
+    static func isSocket(_ path: String) -> Bool {
+        var info = stat()
+        return stat(path, &info) == 0 && (info.st_mode & S_IFMT) == S_IFSOCK
     }
 
     static func stderrIsJournal(_ environment: [String: String]) -> Bool {
@@ -53,10 +71,33 @@ public struct MailrouteLogHandler: LogHandler {
         case .journal:
             Self.sendToJournal(Self.journalFields(level: event.level, message: "\(event.message)", metadata: all, identifier: label))
         case .stderr(let prefix):
-            var line = Self.line(message: "\(event.message)", metadata: all)
-            if prefix { line = "<\(Self.syslogPriority(event.level))>" + line }
+            let line = Self.stderrLine(
+                level: event.level, message: "\(event.message)", metadata: all, priorityPrefix: prefix, at: Date())
             FileHandle.standardError.write(Data((line + "\n").utf8))
         }
+    }
+
+    /// Under systemd (`<N>` prefix) journald stamps each line itself; anywhere else the line
+    /// starts with an RFC 3339 UTC time and the level, as people reading a terminal or a file expect.
+    static func stderrLine(level: Logger.Level, message: String, metadata: Logger.Metadata, priorityPrefix: Bool, at time: Date) -> String {
+        let line = Self.line(message: message, metadata: metadata)
+        if priorityPrefix { return "<\(syslogPriority(level))>" + line }
+        return "\(rfc3339(time)) \(level.rawValue) \(line)"
+    }
+
+    /// `2026-12-01T08:40:59.123Z`, without a DateFormatter per line.
+    static func rfc3339(_ time: Date) -> String {
+        let seconds = time.timeIntervalSince1970
+        var whole = time_t(seconds.rounded(.down))
+        var parts = tm()
+        gmtime_r(&whole, &parts)
+        let millis = min(999, Int((seconds - seconds.rounded(.down)) * 1000))
+        func pad(_ value: Int32, _ width: Int) -> String {
+            let text = String(value)
+            return String(repeating: "0", count: max(0, width - text.count)) + text
+        }
+        return "\(pad(parts.tm_year + 1900, 4))-\(pad(parts.tm_mon + 1, 2))-\(pad(parts.tm_mday, 2))T"
+            + "\(pad(parts.tm_hour, 2)):\(pad(parts.tm_min, 2)):\(pad(parts.tm_sec, 2)).\(pad(Int32(millis), 3))Z"
     }
 
     /// RFC 5424 severities, as journald's PRIORITY wants them.

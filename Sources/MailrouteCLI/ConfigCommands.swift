@@ -153,7 +153,7 @@ struct ConfigShow: CtlCommand {
         ]
         if let kind = r.errorKind {
             fields.append(("error", "\(kind.rawValue): \(r.errorText ?? "")"))
-            if let action = kind.suggestedAction { fields.append(("suggested action", action)) }
+            if let action = kind.suggestedAction(for: r.errorText) { fields.append(("suggested action", action)) }
         }
         fields.append(("status since", formatTime(r.statusChangedAt)))
         Output.fields(fields)
@@ -226,20 +226,22 @@ struct ConfigVerify: CtlCommand {
         try ConfigVerify.report(result, json: global.context.json, success: "verified: \(result.config) accepted the connection and login")
     }
 
-    static func report(_ result: VerificationResult, json: Bool, success: String) throws {
+    /// `dkim`: for a test message, how it was signed (or why not).
+    static func report(_ result: VerificationResult, json: Bool, success: String, dkim: String? = nil) throws {
         if json {
             try Output.json(VerificationView(result))
         } else if let error = result.error {
             var fields = [
                 ("configuration", result.config), ("server", result.server),
                 ("status", "error"), ("error", error.configErrorKind.rawValue),
-                ("server said", error.text),
+                (error.textIsServerReply ? "server said" : "details", error.text),
             ]
-            if let action = error.configErrorKind.suggestedAction { fields.append(("suggested action", action)) }
+            if let action = error.configErrorKind.suggestedAction(for: error.text) { fields.append(("suggested action", action)) }
             Output.fields(fields)
         } else {
             print(success)
             if let reply = result.finalReply { print("server replied: \(reply)") }
+            if let dkim { print("DKIM: \(dkim)") }
         }
         if !result.succeeded { throw ExitCode.failure }
     }
@@ -254,8 +256,13 @@ struct ConfigTest: CtlCommand {
 
     func execute() throws {
         let service = try global.context.open()
-        let result = try service.test(try ConfigRef(parsing: ref), to: to)
-        try ConfigVerify.report(result, json: global.context.json, success: "sent: test message to \(to) through \(result.config)")
+        let config = try ConfigRef(parsing: ref)
+        let result = try service.test(config, to: to)
+        let dkim = result.signedWith.isEmpty
+            ? DKIMSummary(try service.existing(config), keysDirectory: service.settings.dkim.keysDirectory).text
+            : "signed as " + result.signedWith.joined(separator: ", ")
+        try ConfigVerify.report(
+            result, json: global.context.json, success: "sent: test message to \(to) through \(result.config)", dkim: dkim)
     }
 }
 
@@ -273,7 +280,7 @@ struct DKIMSummary {
             return
         }
         let keyring = DKIMKeyring.load(directory: keysDirectory)
-        keys = keyring.signingKeys(for: domain).map { "\($0.domain)/\($0.selector) (\($0.algorithm.rawValue))" }
+        keys = keyring.signingKeys(forSender: r.fromAddress, mode: r.dkim).map(\.label)
         if !keys.isEmpty {
             text = "signed as " + keys.joined(separator: ", ")
         } else if keyring.entries.contains(where: { $0.key == nil }) {

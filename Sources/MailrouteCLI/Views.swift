@@ -85,7 +85,7 @@ struct ConfigView: Encodable {
         status = r.status.rawValue
         errorKind = r.errorKind?.rawValue
         errorText = r.errorText
-        suggestedAction = r.errorKind?.suggestedAction
+        suggestedAction = r.errorKind?.suggestedAction(for: r.errorText)
         statusChangedAt = r.statusChangedAt
     }
 }
@@ -115,23 +115,30 @@ struct VerificationView: Encodable {
     @Nullable var errorKind: String?
     @Nullable var smtpCode: Int?
     @Nullable var enhancedCode: String?
+    /// What went wrong, from the server or from libcurl.
+    @Nullable var errorText: String?
+    /// The server's own reply, when it gave one.
     @Nullable var serverText: String?
     @Nullable var temporary: Bool?
     @Nullable var suggestedAction: String?
     @Nullable var finalReply: String?
+    /// For `test`: the keys that signed the test message.
+    @Nullable var dkimKeys: [String]?
 
     init(_ result: VerificationResult) {
         config = result.config
         server = result.server
         ok = result.succeeded
         finalReply = result.finalReply
+        dkimKeys = result.finalReply == nil ? nil : result.signedWith
         if let error = result.error {
             errorKind = error.configErrorKind.rawValue
             smtpCode = error.smtpCode
             enhancedCode = error.enhancedCode
-            serverText = error.text
+            errorText = error.text
+            serverText = error.textIsServerReply ? error.text : nil
             temporary = error.isTemporary
-            suggestedAction = error.configErrorKind.suggestedAction
+            suggestedAction = error.configErrorKind.suggestedAction(for: error.text)
         }
     }
 }

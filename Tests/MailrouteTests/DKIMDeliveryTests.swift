@@ -64,6 +64,30 @@ import Testing
         }
     }
 
+    /// `config test` checks DKIM and DMARC the way the configuration's real mail leaves.
+    @Test func theTestMessageIsSignedAsTheDaemonWouldSignIt() throws {
+        let server = try SMTPTestServer()
+        let env = try CtlEnvironment(extraTOML: Self.keysTOML)
+        let (name, txt) = try Self.generate(env, domain: "acme.test", selector: "t1")
+        try #require(env.addConfig(name: "main", port: server.port).status == 0)
+        let result = try env.ctl("config", "test", "acme/main", "--to", "bob@example.com")
+        #expect(result.status == 0, "\(result.output)")
+        #expect(result.stdout.contains("DKIM: signed as acme.test/t1 (rsa-sha256)"), "\(result.stdout)")
+        let mail = try #require(server.messages().first)
+        let report = try Self.verify(mail, records: [name: txt])
+        #expect(report.allPass, "\(report)")
+        #expect(report.signatures.map(\.s) == ["t1"])
+
+        // --dkim server: unsigned, and the output says why.
+        try #require(env.addConfig(name: "own", port: server.port, extra: ["--dkim", "server"]).status == 0)
+        let own = try env.json("config", "test", "acme/own", "--to", "bob@example.com")
+        #expect(own["ok"] as? Bool == true)
+        #expect(own["dkim_keys"] as? [String] == [])
+        let text = try env.ctl("config", "test", "acme/own", "--to", "bob@example.com")
+        #expect(text.stdout.contains("DKIM: the tenant's server signs"))
+        #expect(server.messages().dropFirst().allSatisfy { $0.header("DKIM-Signature") == nil })
+    }
+
     @Test func aTenantWhoseServerSignsGetsNoPlatformSignature() throws {
         let server = try SMTPTestServer()
         let env = try CtlEnvironment(extraTOML: Self.keysTOML)

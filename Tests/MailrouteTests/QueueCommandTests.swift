@@ -89,6 +89,33 @@ import Testing
         #expect(try env.jsonArray("queue", "list").count == 1)
     }
 
+    /// `sudo mailroutectl config list` before the daemon ever ran used to leave a root-owned
+    /// 0644 database the daemon could not write.
+    @Test(.enabled(if: geteuid() == 0, "needs root, as an operator's sudo"))
+    func aDatabaseRootCreatesBelongsToTheStateDirectorysOwner() throws {
+        let env = try CtlEnvironment()
+        let nobody = try #require(getpwnam("nobody")?.pointee)
+        #expect(chown(env.directory.path, nobody.pw_uid, nobody.pw_gid) == 0)
+        #expect(try env.ctl("config", "list").status == 0)
+        // While a writer holds it open, the WAL exists: SQLite gives it the database's owner and mode.
+        let store = try env.store()
+        var message = MessageRecord(category: "report", rcptTo: #"["a@example.com"]"#, subject: "s")
+        message.textBody = "b"
+        _ = try store.enqueue(message, attachments: [])
+        for file in ["queue.db", "queue.db-wal", "queue.db-shm"] {
+            let attributes = try FileManager.default.attributesOfItem(atPath: env.directory.appendingPathComponent(file).path)
+            #expect((attributes[.ownerAccountID] as? NSNumber)?.uint32Value == nobody.pw_uid, "\(file) owner")
+            #expect((attributes[.posixPermissions] as? NSNumber)?.intValue == 0o660, "\(file) mode")
+        }
+    }
+
+    @Test func aNewDatabaseIsNeverWorldReadable() throws {
+        let env = try CtlEnvironment()
+        #expect(try env.ctl("migrate").status == 0)
+        let attributes = try FileManager.default.attributesOfItem(atPath: env.databasePath)
+        #expect((attributes[.posixPermissions] as? NSNumber)?.intValue == 0o660)
+    }
+
     @Test func cancelAndRetry() throws {
         let env = try CtlEnvironment()
         let store = try env.store()

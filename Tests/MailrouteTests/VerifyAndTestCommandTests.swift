@@ -58,6 +58,9 @@ import Testing
         #expect(result.status != 0)
         #expect(result.stdout.contains("connection_failed"))
         #expect(result.stdout.contains("check host and port"))
+        // libcurl's words, not the server's: nothing answered.
+        #expect(result.stdout.contains("details "))
+        #expect(!result.stdout.contains("server said"), "\(result.stdout)")
         #expect(try status() == ("error", "connection_failed"))
     }
 
@@ -89,8 +92,12 @@ import Testing
         let server = try tlsAuthServer()
         // No --ca-file: the system CAs do not know our test CA.
         try env.addConfig(name: "main", port: server.port, security: "starttls", extra: ["--username", "alice"], password: Self.password)
-        #expect(try env.ctl("config", "verify", "acme/main").status != 0)
+        let result = try env.ctl("config", "verify", "acme/main")
+        #expect(result.status != 0)
         #expect(try status() == ("error", "tls_failed"))
+        #expect(result.stdout.contains("--ca-file"), "a private CA is the usual cause: \(result.stdout)")
+        let shown = try env.json("config", "show", "acme/main")
+        #expect((shown["suggested_action"] as? String)?.contains("--ca-file") == true)
     }
 
     @Test func credentialsWithoutAnAUTHOfferAreNotVerified() throws {
@@ -172,5 +179,17 @@ import Testing
         #expect(result.status != 0)
         #expect(result.stderr.contains("key generate"))
         #expect(try env.jsonArray("config", "list").isEmpty)
+    }
+
+    /// A key path that is only mistyped must not lead an operator to make a new key, which
+    /// would orphan every stored password.
+    @Test func aLostKeyWithStoredPasswordsIsNotToBeRegenerated() throws {
+        #expect(try env.addConfig(name: "main", port: 2525, extra: ["--username", "alice"], password: "pw").status == 0)
+        try FileManager.default.removeItem(atPath: env.keyPath)
+        let result = try env.ctl("config", "verify", "acme/main")
+        #expect(result.status != 0)
+        #expect(result.stderr.contains("1 configuration(s) hold passwords sealed"), "\(result.stderr)")
+        #expect(result.stderr.contains("do not generate a new one"))
+        #expect(!result.stderr.contains("key generate"))
     }
 }

@@ -13,7 +13,11 @@ public struct ConfigurationService: Sendable {
     }
 
     func secretBox() throws -> SecretBox {
-        try KeyFile.load(configured: settings.secrets.keyFile, environment: environment)
+        do {
+            return try KeyFile.load(configured: settings.secrets.keyFile, environment: environment)
+        } catch SecretError.noKey(let searched, _) {
+            throw SecretError.noKey(searched: searched, sealedPasswords: try store.sealedPasswordCount())
+        }
     }
 
     // MARK: - Configurations
@@ -71,8 +75,12 @@ public struct ConfigurationService: Sendable {
                 If you can read it, this configuration delivers mail.
                 """)
         if let replyTo = record.replyTo { message.replyTo = try EmailAddress(address: replyTo) }
-        let composed = MessageComposer.compose(message)
-        let result = SMTPConnection(endpoint: endpoint).send(from: record.fromAddress, to: [to.address], data: composed.bytes)
+        // Signed as the daemon would sign this configuration's mail, so the test checks DKIM
+        // and DMARC the way real mail leaves.
+        let keys = DKIMKeyring.load(directory: settings.dkim.keysDirectory).signingKeys(forSender: record.fromAddress, mode: record.dkim)
+        var bytes = MessageComposer.compose(message).bytes
+        if !keys.isEmpty { bytes = try DKIMSigner.sign(bytes, keys: keys, now: Date()) }
+        let result = SMTPConnection(endpoint: endpoint).send(from: record.fromAddress, to: [to.address], data: bytes)
             .flatMap { report -> Result<String?, DeliveryError> in
                 // The one recipient refused while libcurl was told to tolerate refusals.
                 if let refused = report.refused.first {
@@ -84,7 +92,9 @@ public struct ConfigurationService: Sendable {
                 }
                 return .success(report.reply?.line)
             }
-        return try recordOutcome(result, for: record)
+        var outcome = try recordOutcome(result, for: record)
+        outcome.signedWith = keys.map(\.label)
+        return outcome
     }
 
     private func recordOutcome(_ result: Result<String?, DeliveryError>, for record: SMTPConfigRecord) throws -> VerificationResult {
@@ -148,6 +158,8 @@ public struct VerificationResult: Sendable {
     public var error: DeliveryError?
     /// For `test`: the server's reply to the message (`250 2.0.0 Ok: queued as …`).
     public var finalReply: String?
+    /// For `test`: the keys that signed the message (`acme.test/mr1 (rsa-sha256)`).
+    public var signedWith: [String] = []
 
     public var succeeded: Bool { error == nil }
 }

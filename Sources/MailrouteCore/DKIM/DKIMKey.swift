@@ -30,6 +30,9 @@ public struct DKIMKey: Sendable {
     public let bits: Int
     private let signer: Signer
 
+    /// `domain/selector (algorithm)`, how commands name a key.
+    public var label: String { "\(domain)/\(selector) (\(algorithm.rawValue))" }
+
     private enum Signer: @unchecked Sendable {
         // Curve25519 keys are immutable values; swift-crypto 3 just does not annotate them.
         case rsa(_RSA.Signing.PrivateKey)

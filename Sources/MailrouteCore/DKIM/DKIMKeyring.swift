@@ -69,6 +69,14 @@ public struct DKIMKeyring: Sendable {
         return []
     }
 
+    /// The keys that sign mail from `address` under a configuration's `dkim` mode (none when
+    /// the tenant's own server signs): the one rule the daemon, `config test` and `config show`
+    /// follow. The From header carries an internationalized domain in punycode, and so do key names.
+    public func signingKeys(forSender address: String, mode: DKIMMode) -> [DKIMKey] {
+        guard mode == .platform, let at = address.lastIndex(of: "@") else { return [] }
+        return signingKeys(for: SenderAuthorization.normalizeDomain(address[address.index(after: at)...]))
+    }
+
     static func loadEntry(directory: String, name: String) -> Entry {
         let path = (directory as NSString).appendingPathComponent(name)
         let attributes = try? FileManager.default.attributesOfItem(atPath: path)

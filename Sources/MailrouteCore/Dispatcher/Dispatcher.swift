@@ -398,10 +398,9 @@ public actor Dispatcher: Service {
 
     /// The keys that sign mail from `address`: none when the tenant's own server signs.
     private func signingKeys(from address: String, serverSigns: Bool) -> [DKIMKey] {
-        guard !serverSigns, let at = address.lastIndex(of: "@") else { return [] }
-        // The From header carries an internationalized domain in punycode, and so do key names.
+        let keys = keyring.signingKeys(forSender: address, mode: serverSigns ? .server : .platform)
+        guard !serverSigns, let at = address.lastIndex(of: "@") else { return keys }
         let domain = SenderAuthorization.normalizeDomain(address[address.index(after: at)...])
-        let keys = keyring.signingKeys(for: domain)
         if keys.isEmpty, keyring.directoryExists, unsignedDomains.insert(domain).inserted {
             logger.notice("no DKIM key for this domain; its mail leaves unsigned", metadata: ["domain": "\(domain)", "dir": "\(keyring.directory)"])
         }
@@ -589,7 +588,7 @@ public actor Dispatcher: Service {
         let password: String?
         do {
             password = try config.passwordSealed.map { sealed in
-                guard let secrets else { throw SecretError.noKey(searched: []) }
+                guard let secrets else { throw SecretError.noKey(searched: [], sealedPasswords: 1) }
                 return try secrets.open(sealed)
             }
         } catch {

@@ -45,6 +45,16 @@ public enum ConfigErrorKind: String, Sendable, Codable, CaseIterable {
         case .unknown: nil
         }
     }
+
+    /// The suggestion for this failure's own text: an untrusted certificate is usually a
+    /// private CA, which `--ca-file` fixes, not a wrong security mode.
+    public func suggestedAction(for text: String?) -> String? {
+        if self == .tlsFailed, let text, text.lowercased().contains("certificate") {
+            return "the server's certificate is not trusted here: if a private CA signed it, give that CA's PEM file with "
+                + "`mailroutectl config edit TENANT/NAME --ca-file FILE`; otherwise check the host name, security mode and port"
+        }
+        return suggestedAction
+    }
 }
 
 public enum RouteKind: String, Sendable, Codable, CaseIterable {

@@ -32,7 +32,9 @@ public struct SecretBox: Sendable {
 }
 
 public enum SecretError: Error, CustomStringConvertible, Equatable {
-    case noKey(searched: [String])
+    /// `sealedPasswords`: how many configurations hold a password sealed with the missing key.
+    case noKey(searched: [String], sealedPasswords: Int)
+    case unreadableKeyFile(String)
     case badKeyFile(String)
     case keyFileExists(String)
     case sealFailed
@@ -41,8 +43,16 @@ public enum SecretError: Error, CustomStringConvertible, Equatable {
 
     public var description: String {
         switch self {
-        case .noKey(let searched):
-            "no encryption key found (looked in \(searched.joined(separator: ", "))); create one with `mailroutectl key generate`"
+        case .noKey(let searched, 0):
+            "no encryption key found (looked in \(searched.joined(separator: ", "))); "
+                + "if this is a new installation, create one with `mailroutectl key generate`"
+        case .noKey(let searched, let sealed):
+            // A new key cannot open the stored passwords: suggesting one would lose them all.
+            "no encryption key found (looked in \(searched.joined(separator: ", "))), but \(sealed) configuration(s) hold "
+                + "passwords sealed with one: point [secrets] key_file (or the systemd credential \(KeyFile.credentialName)) "
+                + "at the existing key; do not generate a new one, it cannot decrypt them"
+        case .unreadableKeyFile(let path):
+            "\(path) exists but this user (uid \(getuid())) cannot read it: run as root, or as a user the key file is shared with"
         case .badKeyFile(let path):
             "\(path) does not hold a key: expected 32 bytes, base64-encoded on one line"
         case .keyFileExists(let path):
@@ -71,9 +81,10 @@ public enum KeyFile {
     public static func load(configured: String, environment: [String: String] = ProcessInfo.processInfo.environment) throws -> SecretBox {
         let paths = candidates(configured: configured, environment: environment)
         for path in paths where FileManager.default.fileExists(atPath: path) {
+            guard access(path, R_OK) == 0 else { throw SecretError.unreadableKeyFile(path) }
             return SecretBox(key: try read(path))
         }
-        throw SecretError.noKey(searched: paths)
+        throw SecretError.noKey(searched: paths, sealedPasswords: 0)
     }
 
     static func read(_ path: String) throws -> SymmetricKey {

@@ -11,6 +11,7 @@ public final class QueueStore: Sendable {
         self.path = path
         let directory = URL(fileURLWithPath: path).deletingLastPathComponent().path
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        try Self.createDatabaseFile(path, in: directory)
         var configuration = Configuration()
         // Enqueuers and the CLI write the same file; wait for their short transactions.
         configuration.busyMode = .timeout(10)
@@ -22,6 +23,25 @@ public final class QueueStore: Sendable {
         }
         pool = try DatabasePool(path: path, configuration: configuration)
         try Migrations.migrator.migrate(pool)
+    }
+
+    /// The database file is made here rather than by SQLite, so that its mode and owner are
+    /// right whoever opens it first: 0660 (the daemon and the enqueuers of its group write it,
+    /// nobody else reads it), and, when root makes it (`sudo mailroutectl …` before the daemon
+    /// ever ran), owned by the state directory's owner rather than by root, which would lock
+    /// the daemon out. SQLite gives the WAL and shared-memory files the same mode and owner.
+    static func createDatabaseFile(_ path: String, in directory: String) throws {
+        let fd = open(path, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0o660)
+        guard fd >= 0 else {
+            if errno == EEXIST { return }
+            throw MailrouteError.invalid(field: "[queue] path", reason: "cannot create \(path): \(String(cString: strerror(errno)))")
+        }
+        defer { close(fd) }
+        fchmod(fd, 0o660)  // past a umask of 022
+        var owner = stat()
+        if geteuid() == 0, stat(directory, &owner) == 0, owner.st_uid != 0 {
+            fchown(fd, owner.st_uid, owner.st_gid)
+        }
     }
 
     /// Names of the migrations applied, oldest first.
@@ -43,6 +63,11 @@ public final class QueueStore: Sendable {
 
     public func config(tenant: String, name: String) throws -> SMTPConfigRecord? {
         try pool.read { db in try Self.config(db, tenant: tenant, name: name) }
+    }
+
+    /// Configurations whose password is sealed with the key: what a new key would orphan.
+    public func sealedPasswordCount() throws -> Int {
+        try pool.read { db in try SMTPConfigRecord.filter(SMTPConfigRecord.Columns.passwordSealed != nil).fetchCount(db) }
     }
 
     public func config(id: Int64) throws -> SMTPConfigRecord? {

@@ -52,6 +52,7 @@ public struct SMTPConfigRecord: Codable, Sendable, Equatable, FetchableRecord, M
         public static let name = Column("name")
         public static let isDefault = Column("is_default")
         public static let enabled = Column("enabled")
+        public static let passwordSealed = Column("password_sealed")
         public static let status = Column("status")
         public static let settingsVersion = Column("settings_version")
     }

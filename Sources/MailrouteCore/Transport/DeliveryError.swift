@@ -35,6 +35,10 @@ public struct DeliveryError: Error, Sendable, Equatable, CustomStringConvertible
         self.isTemporary = isTemporary
     }
 
+    /// Whether `text` is the server's own reply; otherwise it is libcurl's account of what
+    /// went wrong (a refused connection, a certificate), and must not be shown as the server's.
+    public var textIsServerReply: Bool { smtpCode != nil }
+
     /// The kind a configuration's status records for this failure.
     public var configErrorKind: ConfigErrorKind {
         switch kind {

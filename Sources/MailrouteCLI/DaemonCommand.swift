@@ -30,7 +30,8 @@ public struct MailrouteDaemonCommand: AsyncParsableCommand {
     }
 
     public func run() async throws {
-        let path = config ?? ProcessInfo.processInfo.environment["MAILROUTE_CONFIG"] ?? "/etc/mailroute/mailroute.toml"
+        let path = MailrouteConfiguration.absolutePath(
+            config ?? ProcessInfo.processInfo.environment["MAILROUTE_CONFIG"] ?? "/etc/mailroute/mailroute.toml")
         let settings: MailrouteConfiguration
         do {
             settings = try MailrouteConfiguration(contentsOfFile: path)

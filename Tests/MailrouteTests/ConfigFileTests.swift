@@ -24,6 +24,30 @@ import Testing
         }
     }
 
+    /// A relative MAILROUTE_CONFIG follows the shell's directory: the error says so.
+    @Test func aMissingRelativeConfigSaysItIsRelative() throws {
+        let result = try runProcess(
+            Paths.mailroutectl, ["queue", "list"], environment: ["MAILROUTE_CONFIG": "etc/no-such-mailroute.toml"])
+        #expect(result.status != 0)
+        #expect(result.stderr.contains("no-such-mailroute.toml: No such file or directory"), "\(result.stderr)")
+        #expect(result.stderr.contains("is relative to the current directory; use an absolute path"))
+        #expect(MailrouteConfiguration.absolutePath("etc/../etc/a.toml").hasPrefix("/"))
+    }
+
+    /// The installed service used to fail with a bare "You don't have permission".
+    @Test(.enabled(if: geteuid() == 0 && FileManager.default.isExecutableFile(atPath: "/usr/bin/setpriv"), "needs root to drop to another user"))
+    func anUnreadableConfigNamesTheUserAndTheFilesOwnerAndMode() throws {
+        let file = Paths.temporaryDirectory("perm").appendingPathComponent("mailroute.toml")
+        try "".write(to: file, atomically: true, encoding: .utf8)
+        chmod(file.path, 0o600)
+        chmod(file.deletingLastPathComponent().path, 0o755)
+        let result = try runProcess(
+            URL(fileURLWithPath: "/usr/bin/setpriv"),
+            ["--reuid", "nobody", "--regid", "nogroup", "--clear-groups", Paths.mailroutectl.path, "--config", file.path, "queue", "list"])
+        #expect(result.status != 0)
+        #expect(result.stderr.contains("permission denied for user nobody; the file is root:root mode 600"), "\(result.stderr)")
+    }
+
     @Test func everyKeyIsRead() throws {
         let toml = """
             [queue]

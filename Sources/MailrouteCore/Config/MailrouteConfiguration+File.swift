@@ -10,12 +10,15 @@ public struct ConfigFileError: Error, CustomStringConvertible, Equatable {
 extension MailrouteConfiguration {
     /// Reads a TOML file. Relative paths inside it are taken relative to the file's own folder,
     /// so `mailroutectl --config etc/x.toml` works from anywhere.
-    public init(contentsOfFile path: String) throws {
+    public init(contentsOfFile given: String) throws {
+        let path = Self.absolutePath(given)
         let text: String
         do {
             text = try String(contentsOfFile: path, encoding: .utf8)
         } catch {
-            throw ConfigFileError("cannot read config file \(path): \(error.localizedDescription)")
+            // A relative MAILROUTE_CONFIG follows the shell's current directory, which a `cd` changes.
+            let hint = given.hasPrefix("/") ? "" : " (\(given) is relative to the current directory; use an absolute path)"
+            throw ConfigFileError("cannot read config file \(path): \(Self.whyUnreadable(path))\(hint)")
         }
         let base = URL(fileURLWithPath: path).deletingLastPathComponent().path
         do {
@@ -23,6 +26,26 @@ extension MailrouteConfiguration {
         } catch let error as ConfigFileError {
             throw ConfigFileError("\(path): \(error.description)")
         }
+    }
+
+    /// What an operator needs to fix an unreadable file: which user tried, and the file's owner and mode.
+    static func whyUnreadable(_ path: String) -> String {
+        var info = stat()
+        guard stat(path, &info) == 0 else { return String(cString: strerror(errno)) }
+        let user = getpwuid(geteuid()).map { String(cString: $0.pointee.pw_name) } ?? "uid \(geteuid())"
+        let owner = getpwuid(info.st_uid).map { String(cString: $0.pointee.pw_name) } ?? "\(info.st_uid)"
+        let group = getgrgid(info.st_gid).map { String(cString: $0.pointee.gr_name) } ?? "\(info.st_gid)"
+        let mode = String(info.st_mode & 0o777, radix: 8)
+        if (info.st_mode & S_IFMT) == S_IFDIR { return "it is a directory" }
+        if access(path, R_OK) == 0 { return "it is not UTF-8 text" }
+        return "permission denied for user \(user); the file is \(owner):\(group) mode \(mode) "
+            + "(the daemon's user must be able to read it, e.g. root:mailroute 0640)"
+    }
+
+    /// The config file's path as the programs keep it: absolute, so a reload after the
+    /// working directory changed reads the same file.
+    public static func absolutePath(_ path: String) -> String {
+        URL(fileURLWithPath: path).standardizedFileURL.path
     }
 
     /// Every key the file may hold is read here, and nowhere else.

@@ -20,7 +20,8 @@ public actor Dispatcher: Service {
     /// Domains already logged as having no DKIM key, so the notice comes once per load.
     private var unsignedDomains: Set<String> = []
 
-    private var pools: [PoolKey: ConnectionPool] = [:]
+    private var pools: [PoolKey: any SMTPPool] = [:]
+    let transport: any SMTPTransport
     private var routing = RoutingTable(configs: [], routes: [])
     private var lastProbe: [Int64: Double] = [:]
     private var probing: Set<Int64> = []
@@ -38,7 +39,7 @@ public actor Dispatcher: Service {
 
     public init(
         settings: MailrouteConfiguration, store: QueueStore, secrets: SecretBox?, logger: Logger,
-        notifier: SystemdNotifier = SystemdNotifier(),
+        notifier: SystemdNotifier = SystemdNotifier(), transport: any SMTPTransport = ThreadedTransport(),
         now: @escaping @Sendable () -> Double = { Date().timeIntervalSince1970 },
         random: @escaping @Sendable () -> Double = { Double.random(in: 0..<1) }
     ) throws {
@@ -47,6 +48,7 @@ public actor Dispatcher: Service {
         self.secrets = secrets
         self.logger = logger
         self.notifier = notifier
+        self.transport = transport
         self.now = now
         self.random = random
         self.writer = OutcomeWriter(store: store)
@@ -424,9 +426,9 @@ public actor Dispatcher: Service {
     }
 
     private func send(
-        _ message: MessageRecord, assembled: MessageAssembler.Assembled, pool: ConnectionPool, number: Int,
+        _ message: MessageRecord, assembled: MessageAssembler.Assembled, pool: any SMTPPool, number: Int,
         config: SMTPConfigRecord?, route: RouteStep
-    ) async -> (ConnectionPool.Completion, AttemptRecord) {
+    ) async -> (PoolCompletion, AttemptRecord) {
         let started = now()
         let completion = await pool.perform(.send(from: assembled.envelopeFrom, to: assembled.recipients, data: assembled.composed.bytes))
         var attempt = attemptRecord(message, number: number, config: config, route: route, server: pool.endpoint.server, outcome: .sent, error: nil, started: started)
@@ -567,7 +569,7 @@ public actor Dispatcher: Service {
     private var lastPurge = 0.0
     private var lastStatus = 0.0
 
-    private func probeFinished(_ config: SMTPConfigRecord, _ completion: ConnectionPool.Completion) async {
+    private func probeFinished(_ config: SMTPConfigRecord, _ completion: PoolCompletion) async {
         probing.remove(config.id!)
         switch completion {
         case .verified:
@@ -581,7 +583,7 @@ public actor Dispatcher: Service {
 
     // MARK: - Pools
 
-    private func pool(for config: SMTPConfigRecord) -> ConnectionPool? {
+    private func pool(for config: SMTPConfigRecord) -> (any SMTPPool)? {
         guard let id = config.id else { return nil }
         let key = PoolKey.config(id: id, version: config.settingsVersion)
         if let pool = pools[key] { return pool }
@@ -596,7 +598,7 @@ public actor Dispatcher: Service {
         }
         let delivery = settings.delivery
         let endpoint = SMTPEndpoint(config: config, password: password, delivery: delivery)
-        let pool = ConnectionPool(
+        let pool = transport.makePool(
             name: config.label, endpoint: endpoint,
             limits: .init(
                 maxConnections: config.maxConnections ?? delivery.defaultMaxConnections,
@@ -606,7 +608,7 @@ public actor Dispatcher: Service {
         return pool
     }
 
-    private func platformPool() -> ConnectionPool {
+    private func platformPool() -> any SMTPPool {
         if let pool = pools[.platform] { return pool }
         let p = settings.platform
         let delivery = settings.delivery
@@ -614,7 +616,7 @@ public actor Dispatcher: Service {
             host: p.host, port: p.port, security: p.security, username: nonEmpty(p.username), password: platformPassword,
             caFile: nonEmpty(p.caFile), heloName: delivery.effectiveHeloName, connectTimeoutSeconds: delivery.connectTimeoutSeconds,
             commandTimeoutSeconds: delivery.commandTimeoutSeconds, maxIdleSeconds: delivery.idleTimeoutSeconds)
-        let pool = ConnectionPool(
+        let pool = transport.makePool(
             name: "platform", endpoint: endpoint,
             limits: .init(
                 maxConnections: delivery.defaultMaxConnections, maxMessagesPerConnection: delivery.maxMessagesPerConnection,

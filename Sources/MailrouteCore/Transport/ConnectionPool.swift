@@ -2,38 +2,15 @@ import Foundation
 
 /// At most `maxConnections` SMTP connections to one endpoint, each owned by a dedicated
 /// thread so that blocking libcurl calls never touch Swift's cooperative pool.
+/// (One thread per connection: `ThreadedTransport`.)
 ///
 /// Connections stay open between messages and close after `idleTimeout` without work or
 /// after `maxMessagesPerConnection` messages. A pool whose endpoint changed is `close`d and
 /// replaced; its workers finish the message in hand, QUIT and exit.
-public final class ConnectionPool: @unchecked Sendable {
-    public struct Limits: Sendable {
-        public var maxConnections: Int
-        public var maxMessagesPerConnection: Int
-        public var idleTimeout: Double
-        /// Messages per minute; nil = unlimited.
-        public var ratePerMinute: Int?
-
-        public init(maxConnections: Int, maxMessagesPerConnection: Int, idleTimeout: Double, ratePerMinute: Int? = nil) {
-            self.maxConnections = max(1, maxConnections)
-            self.maxMessagesPerConnection = max(1, maxMessagesPerConnection)
-            self.idleTimeout = idleTimeout
-            self.ratePerMinute = ratePerMinute
-        }
-    }
-
-    public enum Work: Sendable {
-        case send(from: String, to: [String], data: [UInt8])
-        case verify
-    }
-
-    public enum Completion: Sendable {
-        case sent(SendReport)
-        case verified
-        case failed(DeliveryError)
-        /// The pool closed before the work started: nothing was sent.
-        case notStarted
-    }
+public final class ConnectionPool: SMTPPool, @unchecked Sendable {
+    public typealias Limits = PoolLimits
+    public typealias Work = PoolWork
+    public typealias Completion = PoolCompletion
 
     private struct Job {
         var work: Work
@@ -174,5 +151,14 @@ public final class ConnectionPool: @unchecked Sendable {
         }
         let wait = start.timeIntervalSinceNow
         if wait > 0 { Thread.sleep(forTimeInterval: wait) }
+    }
+}
+
+/// One OS thread per connection, blocking libcurl easy calls.
+public struct ThreadedTransport: SMTPTransport {
+    public init() {}
+
+    public func makePool(name: String, endpoint: SMTPEndpoint, limits: PoolLimits) -> any SMTPPool {
+        ConnectionPool(name: name, endpoint: endpoint, limits: limits)
     }
 }

@@ -1,5 +1,7 @@
+# make deb                                   — the Debian package: mailroute_VERSION_ARCH.deb
 # sudo make install PREFIX=/usr              — other distributions: installs and sets owners and modes
 # make install PREFIX=/usr DESTDIR=/tmp/pkg  — staging for another packager (no owners set)
+VERSION ?= 0.1.0
 PREFIX ?= /usr/local
 DESTDIR ?=
 SYSCONFDIR ?= /etc
@@ -13,8 +15,9 @@ BUILT = .build-release/release
 # `sudo make install` often runs without the toolchain on PATH: it then installs what
 # `make build` left instead of building.
 SWIFT := $(shell command -v swift 2>/dev/null)
+DEB = mailroute_$(VERSION)_$(shell dpkg --print-architecture 2>/dev/null).deb
 
-.PHONY: build built install install-files uninstall test
+.PHONY: build built install install-files uninstall deb deb-name test
 
 build:
 	$(SWIFT_RELEASE) --product mailrouted
@@ -25,7 +28,7 @@ built:
 		{ echo "no release build in $(BUILT) and no swift on PATH: run make build first" >&2; exit 1; }
 
 test:
-	scripts/install-deps && swift test
+	scripts/install-deps && scripts/test
 
 # Files only, owned by whoever runs this: right for DESTDIR staging, where the mailroute group
 # may not exist. Binaries are stripped (debug info is two fifths of their size).
@@ -49,7 +52,7 @@ install-files: $(if $(SWIFT),build,built)
 		mv $(DESTDIR)$(CONFDIR)/mailroute.toml.new $(DESTDIR)$(CONFDIR)/mailroute.toml; }
 
 # Into the running system (DESTDIR empty) as root, also the user, group, owners, modes and key,
-# from the installed sysusers.d and tmpfiles.d files (packaging/mailroute-setup.sh).
+# from the installed sysusers.d and tmpfiles.d files: what the Debian package's postinst does.
 # Anything else gets a note of what is left to do.
 install: install-files
 	@if [ -z "$(DESTDIR)" ] && [ "$$(id -u)" -eq 0 ]; then \
@@ -68,3 +71,12 @@ uninstall:
 	rm -f $(DESTDIR)$(PREFIX)/bin/mailrouted $(DESTDIR)$(PREFIX)/bin/mailroutectl $(DESTDIR)$(UNITDIR)/mailroute.service \
 		$(DESTDIR)$(PREFIX)/lib/sysusers.d/mailroute.conf $(DESTDIR)$(PREFIX)/lib/tmpfiles.d/mailroute.conf
 	rm -rf $(DESTDIR)$(PREFIX)/share/doc/mailroute
+
+deb: build
+	rm -rf .build-release/deb
+	$(MAKE) --no-print-directory install-files DESTDIR="$(CURDIR)/.build-release/deb/root" \
+		PREFIX=/usr SYSCONFDIR=/etc UNITDIR=/lib/systemd/system
+	scripts/build-deb .build-release/deb/root $(VERSION) $(DEB)
+
+deb-name:
+	@echo $(DEB)

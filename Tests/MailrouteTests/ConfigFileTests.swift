@@ -66,6 +66,7 @@ import Testing
             retry_max_s = 600
             max_attempts = 5
             cooldown_s = 60
+            breaker_timeouts = 5
             [platform]
             host = "relay.example.org"
             port = 465
@@ -103,6 +104,7 @@ import Testing
         #expect(c.delivery.retryMaxSeconds == 600)
         #expect(c.delivery.maxAttempts == 5)
         #expect(c.delivery.cooldownSeconds == 60)
+        #expect(c.delivery.breakerTimeouts == 5)
         #expect(c.platform.host == "relay.example.org")
         #expect(c.platform.port == 465)
         #expect(c.platform.security == .tls)

@@ -245,6 +245,26 @@ import Testing
         #expect(waitUntil { old.events().contains("quit") }, "the old pool's connection was closed politely")
     }
 
+    /// The route is resolved in the claim against the routing as committed: a message
+    /// INSERTed right after a tenant's first `config add` leaves through it, not the relay.
+    @Test func aMessageRightAfterTheFirstConfigAddUsesIt() throws {
+        let relay = try SMTPTestServer(), tenant = try SMTPTestServer()
+        let env = try CtlEnvironment(platformPort: relay.port)
+        let daemon = DaemonProcess(env: env)
+        try daemon.start()
+        // Something for the daemon to do first, so its own routing view is warm.
+        try daemon.waitFor(try daemon.enqueue(tenant: nil), .sent)
+        for round in 0..<5 {
+            let name = "c\(round)"
+            #expect(try env.addConfig(tenant: "fresh\(round)", name: name, port: tenant.port).status == 0)
+            let id = try daemon.enqueue(tenant: "fresh\(round)")
+            let row = try daemon.waitFor(id, .sent)
+            #expect(row.route == .default, "round \(round): \(row.route?.rawValue ?? "-")")
+        }
+        #expect(tenant.messages().count == 5)
+        #expect(relay.messages().count == 1)
+    }
+
     /// A row as the daemon leaves it after sending: enqueuers may not INSERT one like that.
     static func insertSent(_ db: Database, at sentAt: Double) throws -> Int64 {
         try db.execute(sql: "INSERT INTO messages (category, rcpt_to, subject, text_body) VALUES ('report', '[\"a@b.test\"]', 's', 'b')")

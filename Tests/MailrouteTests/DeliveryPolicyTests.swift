@@ -16,40 +16,99 @@ import Testing
         #expect(retry.delay(afterAttempts: 200, random: 1) == 3600)
     }
 
-    func verdict(_ error: DeliveryError?, attempts: Int = 1, expires: Double? = nil, fallback: FallbackPolicy = .platform, viaPlatform: Bool = false)
-        -> DeliveryVerdict
-    {
-        let result: Result<SendReport, DeliveryError> = error.map { .failure($0) } ?? .success(SendReport(reply: nil, refused: [], newConnection: true))
-        return DeliveryPolicy.verdict(
-            for: result, attemptsAfter: attempts, expiresAt: expires, now: 1000, fallback: fallback, viaPlatform: viaPlatform,
-            retry: retry, random: 0)
+    func decide(
+        _ error: DeliveryError?, attempts: Int = 1, expires: Double? = nil, fallback: FallbackPolicy = .platform,
+        viaPlatform: Bool = false, timeoutsBefore: Int = 0
+    ) -> Decision {
+        let completion: PoolCompletion = error.map { .failed($0) } ?? .sent(SendReport(reply: nil, refused: [], newConnection: true))
+        let tenant = TryContext.Tenant(fallback: fallback, consecutiveTimeouts: timeoutsBefore, breakerTimeouts: 3, firstProbeAt: 1300)
+        return DeliveryPolicy.decide(
+            completion, TryContext(attemptsAfter: attempts, expiresAt: expires, now: 1000, retry: retry, random: 0, tenant: viaPlatform ? nil : tenant))
     }
 
     let refused = DeliveryError(kind: .connectionFailed, text: "refused", isTemporary: false)
     let tempfail = DeliveryError(kind: .temporaryFailure, smtpCode: 451, text: "451 later", isTemporary: true)
     let rejected = DeliveryError(kind: .messageRejected, smtpCode: 554, text: "554 spam", isTemporary: false)
+    let silence = DeliveryError(kind: .connectTimeout, text: "Operation timed out after 5000 milliseconds with 0 bytes received", isTemporary: true)
 
     @Test func theFailureTable() {
-        #expect(verdict(nil) == .sent)
-        #expect(verdict(refused) == .configurationFailed(fallback: true))
-        #expect(verdict(refused, fallback: .none) == .configurationFailed(fallback: false))
-        #expect(verdict(DeliveryError(kind: .authFailed, smtpCode: 535, text: "535", isTemporary: false)) == .configurationFailed(fallback: true))
-        #expect(verdict(tempfail) == .deferred(until: 1015))
-        #expect(verdict(rejected) == .failed)
-        #expect(verdict(DeliveryError(kind: .recipientRejected, smtpCode: 550, text: "550", isTemporary: false)) == .failed)
+        #expect(decide(nil) == .sent)
+        #expect(decide(refused) == .tripAndFallBack)
+        #expect(decide(refused, fallback: .none) == .tripAndWait(until: 1300), "waits for the first probe")
+        #expect(decide(DeliveryError(kind: .authFailed, smtpCode: 535, text: "535", isTemporary: false)) == .tripAndFallBack)
+        #expect(decide(tempfail) == .deferred(until: 1015))
+        #expect(decide(rejected) == .failed)
+        #expect(decide(DeliveryError(kind: .recipientRejected, smtpCode: 550, text: "550", isTemporary: false)) == .failed)
+        #expect(DeliveryPolicy.decide(.notStarted, TryContext(attemptsAfter: 1, expiresAt: nil, now: 0, retry: retry, random: 0, tenant: nil)) == .notStarted)
+    }
+
+    @Test func attemptsCarryTheirFinalOutcome() {
+        #expect(Decision.tripAndFallBack.attemptOutcome == .fallback)
+        #expect(Decision.tripAndWait(until: 1).attemptOutcome == .deferred)
+        #expect(Decision.failed.attemptOutcome == .failed)
+        #expect(Decision.sent.attemptOutcome == .sent)
+    }
+
+    /// SPEC §4: silence is ambiguous; only breaker_timeouts of it in a row trips.
+    @Test func connectTimeoutsTripOnlyInARow() {
+        #expect(decide(silence, timeoutsBefore: 0) == .deferred(until: 1015))
+        #expect(decide(silence, timeoutsBefore: 1) == .deferred(until: 1015))
+        #expect(decide(silence, timeoutsBefore: 2) == .tripAndFallBack, "the third in a row")
+        #expect(decide(silence, fallback: .none, timeoutsBefore: 2) == .tripAndWait(until: 1300))
+        #expect(decide(silence, viaPlatform: true, timeoutsBefore: 5) == .deferred(until: 1015), "the relay never trips")
+    }
+
+    @Test func theBreakerForgivesAfterASuccessAndForgetsOldSettings() {
+        var health = ConfigHealth(breakerTimeouts: 3, cooldownSeconds: 300)
+        var config = SMTPConfigRecord(tenant: "t", name: "n", host: "h", fromAddress: "a@h.test")
+        config.id = 7
+        var trips = [health.timedOut(config), health.timedOut(config)]
+        health.reached(config)
+        #expect(health.consecutiveTimeouts(config) == 0)
+        trips += [health.timedOut(config), health.timedOut(config), health.timedOut(config)]
+        #expect(trips == [false, false, false, false, true], "three in a row, the success between forgiving the first two")
+        config.settingsVersion += 1
+        #expect(health.consecutiveTimeouts(config) == 0, "edited connection settings start afresh")
+    }
+
+    @Test func failedProbesDoubleTheWaitUpToAnHour() {
+        let health = ConfigHealth(breakerTimeouts: 3, cooldownSeconds: 300)
+        #expect(health.firstProbe(now: 1000) == 1300)
+        #expect(health.nextProbe(afterFailures: 1, now: 1000) == 1600)
+        #expect(health.nextProbe(afterFailures: 2, now: 1000) == 2200)
+        #expect(health.nextProbe(afterFailures: 3, now: 1000) == 3400)
+        #expect(health.nextProbe(afterFailures: 4, now: 1000) == 4600, "capped at an hour")
+        #expect(health.nextProbe(afterFailures: 40, now: 1000) == 4600)
+    }
+
+    @Test func oneProbeAtATimeAfterTheScheduledTime() {
+        var health = ConfigHealth(breakerTimeouts: 3, cooldownSeconds: 300)
+        var config = SMTPConfigRecord(tenant: "t", name: "n", host: "h", fromAddress: "a@h.test")
+        config.id = 1
+        config.status = .error
+        config.errorKind = .authFailed
+        config.statusChangedAt = 1000
+        config.nextProbeAt = 1300
+        #expect(health.probesDue([config], now: 1200).isEmpty)
+        #expect(health.probesDue([config], now: 1300).count == 1)
+        #expect(health.probesDue([config], now: 1400).isEmpty, "one in flight")
+        health.probeFinished(config, succeeded: false)
+        config.nextProbeAt = 1900
+        #expect(health.probesDue([config], now: 1400).isEmpty, "the doubled wait")
+        #expect(health.probesDue([config], now: 1900).count == 1)
     }
 
     @Test func theRelayFailingDefersRatherThanFallingBackAgain() {
-        #expect(verdict(refused, viaPlatform: true) == .deferred(until: 1015))
+        #expect(decide(refused, viaPlatform: true) == .deferred(until: 1015))
     }
 
     @Test func triesAndTimeRunOut() {
-        #expect(verdict(tempfail, attempts: 10) == .failed)
-        #expect(verdict(tempfail, attempts: 1, expires: 1010) == .expired)
-        #expect(verdict(tempfail, attempts: 1, expires: 2000) == .deferred(until: 1015))
+        #expect(decide(tempfail, attempts: 10) == .failed)
+        #expect(decide(tempfail, attempts: 1, expires: 1010) == .expired)
+        #expect(decide(tempfail, attempts: 1, expires: 2000) == .deferred(until: 1015))
     }
 
-    @Test func aDownConfigurationWaitsForItsCooldown() {
+    @Test func aDownConfigurationIsOneWithAConfigurationLevelError() {
         var config = SMTPConfigRecord(tenant: "t", name: "n", host: "h", fromAddress: "a@h.test")
         #expect(!DeliveryPolicy.isDown(config))
         config.status = .error
@@ -58,8 +117,6 @@ import Testing
         config.errorKind = .authFailed
         config.statusChangedAt = 1000
         #expect(DeliveryPolicy.isDown(config))
-        #expect(!DeliveryPolicy.probeDue(config, now: 1100, cooldown: 300))
-        #expect(DeliveryPolicy.probeDue(config, now: 1300, cooldown: 300))
     }
 
     @Test(arguments: [
@@ -92,11 +149,13 @@ import Testing
         config.isDefault = true
         config.priority = 2
         let table = RoutingTable(configs: [config], routes: [])
-        let settings = MailrouteConfiguration()
+        let plan = ClaimPlan(
+            now: 0, leaseSeconds: 300, expire: false, limit: 100, room: [:], defaultMaxConnections: 4,
+            categories: MailrouteConfiguration().categories)
         func admit(_ category: String, _ priority: Int?, tenant: String? = "acme") -> Admission {
-            Dispatcher.admission(
-                for: AdmissionRow(id: 1, keys: RoutingKeys(tenant: tenant, category: category), priority: priority, sendAt: nil, expiresAt: nil, createdAt: 100),
-                table: table, settings: settings)
+            plan.admit(
+                AdmissionRow(id: 1, keys: RoutingKeys(tenant: tenant, category: category), priority: priority, sendAt: nil, expiresAt: nil, createdAt: 100),
+                in: table)
         }
         #expect(admit("report", nil).effectivePriority == 2, "report is 4, the configuration 2")
         #expect(admit("report", 5).effectivePriority == 2)
@@ -105,6 +164,28 @@ import Testing
         #expect(admit("report", nil, tenant: nil).effectivePriority == 4)
         #expect(admit("report", nil, tenant: nil).route == .platform)
         #expect(admit("newsletter", nil, tenant: nil).effectivePriority == 3)
+    }
+
+    /// A pool without room holds back only its own rows; a down configuration's rows go to
+    /// the relay's room, or (fallback none) are taken only to be put back.
+    @Test func claimingChoosesByRoomPerPool() {
+        func config(_ id: Int64, fallback: FallbackPolicy = .platform, down: Bool = false) -> SMTPConfigRecord {
+            var c = SMTPConfigRecord(tenant: "t\(id)", name: "n", host: "h", fromAddress: "a@h.test")
+            c.id = id
+            c.fallback = fallback
+            c.maxConnections = 1
+            if down { (c.status, c.errorKind) = (.error, .authFailed) }
+            return c
+        }
+        func to(_ c: SMTPConfigRecord?) -> RouteResolution { RouteResolution(config: c, step: c == nil ? .platform : .default, trail: []) }
+        let full = config(1), open = config(2), downRelay = config(3, down: true), downWait = config(4, fallback: .none, down: true)
+        let plan = ClaimPlan(
+            now: 0, leaseSeconds: 300, expire: false, limit: 100, room: [1: 0, nil: 1], defaultMaxConnections: 4, categories: [:])
+        let candidates: [(id: Int64, resolution: RouteResolution)] = [
+            (10, to(full)), (11, to(open)), (12, to(open)), (13, to(open)), (14, to(downRelay)), (15, to(downRelay)), (16, to(downWait)),
+        ]
+        // open: 1 connection × 2 per connection; the relay has room for one.
+        #expect(plan.choose(candidates).map { candidates[$0].id } == [11, 12, 14, 16])
     }
 }
 

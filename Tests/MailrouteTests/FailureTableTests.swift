@@ -46,6 +46,27 @@ import Testing
         #expect(mail.header("Reply-To") == "main@acme.test")
     }
 
+    /// SPEC §4: silence up to the greeting defers like a 4xx; only `breaker_timeouts` in a
+    /// row trip the configuration, and then its mail falls back.
+    @Test func connectTimeoutsTripOnlyAfterTheBreakerCount() throws {
+        let silent = try SMTPTestServer.fault("--silent")
+        let env = try CtlEnvironment(
+            platformPort: relay.port,
+            delivery: ["retry_initial_s = 1", "retry_max_s = 1", "cooldown_s = 600", "connect_timeout_s = 1", "breaker_timeouts = 2"])
+        #expect(try env.addConfig(name: "main", port: silent.port).status == 0)
+        let daemon = DaemonProcess(env: env)
+        try daemon.start()
+        let id = try daemon.enqueue(subject: "patience")
+        let row = try daemon.waitFor(id, .sent, timeout: 20)
+        #expect(row.route == .fallback)
+        let attempts = try daemon.attempts(id)
+        #expect(attempts.map(\.outcome) == [.deferred, .fallback, .sent], "one timeout is not enough to trip; the second is")
+        #expect(attempts.prefix(2).allSatisfy { $0.errorKind == "connect_timeout" })
+        let config = try daemon.config("acme", "main")
+        #expect(config.status == .error)
+        #expect(config.errorKind == .connectionFailed)
+    }
+
     @Test func aDownConfigurationSendsStraightToFallback() throws {
         try add("main", port: closedPort())
         try daemon.start()

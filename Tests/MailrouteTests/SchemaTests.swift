@@ -145,7 +145,7 @@ import Testing
         }
         try old.close()
         let store = try QueueStore(path: path)
-        #expect(try store.appliedMigrations().last == "v3-enqueuer-contract")
+        #expect(try store.appliedMigrations() == Migrations.migrator.migrations)
         let rows = try store.pool.read { db in try MessageRecord.fetchAll(db) }
         #expect(rows.map(\.subject) == ["old"])
         #expect(rows.first?.status == .sent)
@@ -187,6 +187,7 @@ import Testing
 
     @Test func reopeningDoesNotRerunMigrations() throws {
         let again = try QueueStore(path: store.path)
-        #expect(try again.appliedMigrations() == ["v1-schema", "v2-claim-order", "v3-enqueuer-contract"])
+        #expect(try again.appliedMigrations() == Migrations.migrator.migrations)
+        #expect(Migrations.migrator.migrations.prefix(3) == ["v1-schema", "v2-claim-order", "v3-enqueuer-contract"], "shipped names never change")
     }
 }

@@ -78,6 +78,7 @@ extension MailrouteConfiguration {
             try t.read("retry_max_s", into: &delivery.retryMaxSeconds, positive)
             try t.read("max_attempts", into: &delivery.maxAttempts, atLeast(1))
             try t.read("cooldown_s", into: &delivery.cooldownSeconds, positive)
+            try t.read("breaker_timeouts", into: &delivery.breakerTimeouts, atLeast(1))
             try t.finish()
             if delivery.retryMaxSeconds < delivery.retryInitialSeconds {
                 throw ConfigFileError("delivery.retry_max_s must not be less than delivery.retry_initial_s")

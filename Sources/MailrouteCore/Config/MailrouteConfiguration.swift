@@ -45,6 +45,9 @@ public struct MailrouteConfiguration: Sendable, Equatable {
         public var maxAttempts = 10
         /// After a configuration-level failure, how long before a probe may try it again.
         public var cooldownSeconds = 300.0
+        /// Consecutive connect or greeting timeouts (with no success between) that trip a
+        /// configuration; one alone is as likely a busy host as a dead server (SPEC §4).
+        public var breakerTimeouts = 3
         public init() {}
 
         public var effectiveHeloName: String {

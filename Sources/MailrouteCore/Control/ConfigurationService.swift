@@ -105,7 +105,7 @@ public struct ConfigurationService: Sendable {
         case .failure(let error):
             try store.recordConfigStatus(
                 id: record.id!, settingsVersion: record.settingsVersion, status: .error, errorKind: error.configErrorKind,
-                errorText: error.text)
+                errorText: error.text, firstProbeAt: QueueStore.now() + settings.delivery.cooldownSeconds)
             return VerificationResult(config: record.label, server: "\(record.host):\(record.port)", error: error, finalReply: nil)
         }
     }

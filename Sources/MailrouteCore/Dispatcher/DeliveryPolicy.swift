@@ -29,44 +29,117 @@ public struct RetryPolicy: Sendable, Equatable {
     }
 }
 
-/// What becomes of a message after one try (SPEC §4's failure table), decided without I/O.
-public enum DeliveryVerdict: Sendable, Equatable {
+/// What becomes of a message after one try: SPEC §4's failure table and the breaker, in
+/// one place, as maddy's `tryDelivery` decides retry, fail or bounce once per try. The
+/// attempt row is written with `attemptOutcome` from the start.
+public enum Decision: Sendable, Equatable {
     case sent
-    /// The configuration is broken: mark it `error`, then fall back (or wait).
-    case configurationFailed(fallback: Bool)
+    /// The configuration is broken: it goes to `error` and the message leaves through the relay now.
+    case tripAndFallBack
+    /// The configuration is broken and its fallback is `none`: it goes to `error`; the message
+    /// waits for its first probe.
+    case tripAndWait(until: Double)
     case deferred(until: Double)
     case failed
     case expired
+    /// Nothing was tried (the pool closed first): the row goes back as it was.
+    case notStarted
+
+    public var attemptOutcome: AttemptOutcome {
+        switch self {
+        case .sent: .sent
+        case .tripAndFallBack: .fallback
+        case .failed: .failed
+        case .tripAndWait, .deferred, .expired, .notStarted: .deferred
+        }
+    }
+
+    public var trips: Bool {
+        switch self {
+        case .tripAndFallBack, .tripAndWait: true
+        default: false
+        }
+    }
+}
+
+/// What the decision weighs besides the result.
+public struct TryContext: Sendable {
+    /// Tries made so far, this one included.
+    public var attemptsAfter: Int
+    public var expiresAt: Double?
+    public var now: Double
+    public var retry: RetryPolicy
+    /// In 0..<1, for the backoff's jitter.
+    public var random: Double
+    /// nil: the try went through the platform relay (route `platform` or `fallback`), which
+    /// has no fallback of its own and never trips.
+    public var tenant: Tenant?
+
+    public struct Tenant: Sendable {
+        public var fallback: FallbackPolicy
+        /// Connect or greeting timeouts in a row before this try, with no success between.
+        public var consecutiveTimeouts: Int
+        public var breakerTimeouts: Int
+        /// When a configuration tripped now would first be probed.
+        public var firstProbeAt: Double
+
+        public init(fallback: FallbackPolicy, consecutiveTimeouts: Int, breakerTimeouts: Int, firstProbeAt: Double) {
+            self.fallback = fallback
+            self.consecutiveTimeouts = consecutiveTimeouts
+            self.breakerTimeouts = breakerTimeouts
+            self.firstProbeAt = firstProbeAt
+        }
+    }
+
+    public init(attemptsAfter: Int, expiresAt: Double?, now: Double, retry: RetryPolicy, random: Double, tenant: Tenant?) {
+        self.attemptsAfter = attemptsAfter
+        self.expiresAt = expiresAt
+        self.now = now
+        self.retry = retry
+        self.random = random
+        self.tenant = tenant
+    }
 }
 
 public enum DeliveryPolicy {
-    /// - Parameters:
-    ///   - attemptsAfter: tries made so far, this one included.
-    ///   - viaPlatform: this try already went through the platform relay (route platform or fallback).
-    public static func verdict(
-        for result: Result<SendReport, DeliveryError>, attemptsAfter: Int, expiresAt: Double?, now: Double,
-        fallback: FallbackPolicy, viaPlatform: Bool, retry: RetryPolicy, random: Double
-    ) -> DeliveryVerdict {
+    public static func decide(_ completion: PoolCompletion, _ context: TryContext) -> Decision {
         let error: DeliveryError
-        switch result {
-        case .success: return .sent
-        case .failure(let e): error = e
+        switch completion {
+        case .sent, .verified: return .sent
+        case .notStarted: return .notStarted
+        case .failed(let e): error = e
         }
-        if error.isConfigurationLevel && !viaPlatform {
-            return .configurationFailed(fallback: fallback == .platform)
+        if let tenant = context.tenant {
+            // A server's own answer trips at once; silence only after breaker_timeouts in a row,
+            // since it may be this host that is slow, not the server.
+            let trips = error.isConfigurationLevel
+                || (error.kind == .connectTimeout && tenant.consecutiveTimeouts + 1 >= tenant.breakerTimeouts)
+            if trips {
+                if tenant.fallback == .platform { return .tripAndFallBack }
+                switch retryOrGiveUp(context, notBefore: tenant.firstProbeAt) {
+                case .deferred(let until): return .tripAndWait(until: until)
+                case let other: return other
+                }
+            }
         }
         if !error.isTemporary && !error.isConfigurationLevel {
             // The recipient or the message is the problem: another server would not help.
             return .failed
         }
-        return retryOrGiveUp(attemptsAfter: attemptsAfter, expiresAt: expiresAt, now: now, retry: retry, random: random)
+        return retryOrGiveUp(context)
+    }
+
+    static func retryOrGiveUp(_ context: TryContext, notBefore: Double? = nil) -> Decision {
+        retryOrGiveUp(
+            attemptsAfter: context.attemptsAfter, expiresAt: context.expiresAt, now: context.now, retry: context.retry,
+            random: context.random, notBefore: notBefore)
     }
 
     /// A try that should be repeated later, unless tries or time have run out.
     public static func retryOrGiveUp(
         attemptsAfter: Int, expiresAt: Double?, now: Double, retry: RetryPolicy, random: Double,
         notBefore: Double? = nil
-    ) -> DeliveryVerdict {
+    ) -> Decision {
         if attemptsAfter >= retry.maxAttempts { return .failed }
         var next = now + retry.delay(afterAttempts: attemptsAfter, random: random)
         if let notBefore { next = max(next, notBefore) }
@@ -78,10 +151,6 @@ public enum DeliveryPolicy {
     /// passed and a probe succeeded; until then its mail goes to fallback or waits.
     public static func isDown(_ config: SMTPConfigRecord) -> Bool {
         config.status == .error && config.errorKind.map(isConfigurationLevel) == true
-    }
-
-    public static func probeDue(_ config: SMTPConfigRecord, now: Double, cooldown: Double) -> Bool {
-        isDown(config) && now >= (config.statusChangedAt ?? 0) + cooldown
     }
 
     static func isConfigurationLevel(_ kind: ConfigErrorKind) -> Bool {

@@ -18,6 +18,9 @@ enum Migrations {
         migrator.registerMigration("v3-enqueuer-contract") { db in
             try db.execute(sql: v3)
         }
+        migrator.registerMigration("v4-due-admission-routing-version") { db in
+            try db.execute(sql: v4)
+        }
         return migrator
     }
 
@@ -290,4 +293,33 @@ enum Migrations {
         END;
         """
     }
+
+    /// Admission looks only at rows that are due, so a million rows scheduled years ahead
+    /// cost nothing until their time; every change of configurations or routes bumps one
+    /// counter, so a claim can route against the routing as committed without re-reading it;
+    /// and a configuration that is down keeps its probe schedule (each failed probe doubles
+    /// the wait) in the database, where every daemon sees it.
+    static let v4 = """
+        ALTER TABLE smtp_configs ADD COLUMN probe_failures INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE smtp_configs ADD COLUMN next_probe_at REAL;
+
+        DROP INDEX messages_unadmitted;
+        CREATE INDEX messages_unadmitted_due ON messages (coalesce(send_at, created_at))
+            WHERE effective_priority IS NULL AND status = 'queued';
+
+        CREATE TABLE routing_version (id INTEGER PRIMARY KEY CHECK (id = 1), version INTEGER NOT NULL);
+        INSERT INTO routing_version (id, version) VALUES (1, 1);
+        CREATE TRIGGER smtp_configs_bump_routing_insert AFTER INSERT ON smtp_configs
+        BEGIN UPDATE routing_version SET version = version + 1; END;
+        CREATE TRIGGER smtp_configs_bump_routing_update AFTER UPDATE ON smtp_configs
+        BEGIN UPDATE routing_version SET version = version + 1; END;
+        CREATE TRIGGER smtp_configs_bump_routing_delete AFTER DELETE ON smtp_configs
+        BEGIN UPDATE routing_version SET version = version + 1; END;
+        CREATE TRIGGER routes_bump_routing_insert AFTER INSERT ON routes
+        BEGIN UPDATE routing_version SET version = version + 1; END;
+        CREATE TRIGGER routes_bump_routing_update AFTER UPDATE ON routes
+        BEGIN UPDATE routing_version SET version = version + 1; END;
+        CREATE TRIGGER routes_bump_routing_delete AFTER DELETE ON routes
+        BEGIN UPDATE routing_version SET version = version + 1; END;
+        """
 }

@@ -21,16 +21,13 @@ public struct Admission: Sendable {
     public var expiresAt: Double?
 }
 
-/// A due row's place in line and the pool it will probably use.
-public struct Candidate: Sendable {
-    public var id: Int64
-    public var configId: Int64?
-}
-
 /// A claimed message with everything needed to send it.
 public struct ClaimedMessage: Sendable {
     public var message: MessageRecord
     public var attachments: [AttachmentRecord]
+    /// Where it goes, resolved in the claim transaction against the routing as committed:
+    /// the dispatcher never resolves again.
+    public var resolution: RouteResolution
     public var id: Int64 { message.id! }
 }
 
@@ -68,29 +65,35 @@ extension QueueStore {
             try Bool.fetchOne(
                 db,
                 sql: """
-                    SELECT EXISTS (SELECT 1 FROM messages WHERE effective_priority IS NULL AND status = 'queued')
+                    SELECT EXISTS (SELECT 1 FROM messages INDEXED BY messages_unadmitted_due
+                                   WHERE effective_priority IS NULL AND status = 'queued' AND coalesce(send_at, created_at) <= ?)
                         OR EXISTS (SELECT 1 FROM messages INDEXED BY messages_claim
                                    WHERE status IN ('queued', 'deferred') AND next_attempt_at <= ?)
                         OR EXISTS (SELECT 1 FROM messages WHERE status = 'sending' AND lease_until < ?)
-                    """, arguments: [now, now]) ?? false
+                    """, arguments: [now, now, now]) ?? false
         }
     }
 
     /// The earliest time a waiting row becomes due, if any.
     public func nextDueTime() async throws -> Double? {
         try await pool.read { db in
+            // Admitted rows wait for next_attempt_at; rows not yet admitted for their send_at.
             try Double.fetchOne(
-                db, sql: "SELECT min(next_attempt_at) FROM messages WHERE status IN ('queued', 'deferred')")
+                db,
+                sql: """
+                    SELECT min(t) FROM (
+                        SELECT min(next_attempt_at) AS t FROM messages WHERE status IN ('queued', 'deferred')
+                        UNION ALL
+                        SELECT min(coalesce(send_at, created_at)) FROM messages INDEXED BY messages_unadmitted_due
+                        WHERE effective_priority IS NULL AND status = 'queued')
+                    """)
         }
     }
 
-    /// One short write transaction: return expired leases, admit new rows, expire stale ones,
-    /// then claim up to what `pick` chooses from the due rows in order.
-    public func claim(
-        now: Double, leaseSeconds: Double, expire: Bool,
-        admit: @Sendable ([AdmissionRow]) -> [Admission],
-        pick: @Sendable ([Candidate]) -> [Int64]
-    ) async throws -> [ClaimedMessage] {
+    /// One short write transaction: return expired leases, expire stale rows, admit the rows
+    /// that became due, then claim what `plan` has room for, in order, each with its route
+    /// resolved against the routing as committed.
+    public func claim(_ plan: ClaimPlan) async throws -> [ClaimedMessage] {
         try await pool.write { db in
             // A lease that ran out means a daemon died mid-send: at-least-once, so send again.
             try db.execute(
@@ -98,15 +101,17 @@ extension QueueStore {
                     UPDATE messages SET status = CASE WHEN attempts > 0 THEN 'deferred' ELSE 'queued' END,
                                         lease_until = NULL
                     WHERE status = 'sending' AND lease_until < ?
-                    """, arguments: [now])
+                    """, arguments: [plan.now])
+            let table = try self.routing(db)
 
             let fresh = try Row.fetchAll(
                 db,
                 sql: """
                     SELECT id, tenant, advertiser, cname, category, priority, send_at, expires_at, created_at
-                    FROM messages INDEXED BY messages_unadmitted
-                    WHERE effective_priority IS NULL AND status = 'queued' ORDER BY id LIMIT 2000
-                    """
+                    FROM messages INDEXED BY messages_unadmitted_due
+                    WHERE effective_priority IS NULL AND status = 'queued' AND coalesce(send_at, created_at) <= ?
+                    ORDER BY coalesce(send_at, created_at) LIMIT 2000
+                    """, arguments: [plan.now]
             ).map { row in
                 AdmissionRow(
                     id: row["id"],
@@ -115,50 +120,56 @@ extension QueueStore {
                     createdAt: row["created_at"])
             }
             if !fresh.isEmpty {
-                let statement = try db.makeStatement(
+                let statement = try db.cachedStatement(
                     sql: """
                         UPDATE messages SET effective_priority = ?, config_id = ?, route = ?, next_attempt_at = ?,
                                             expires_at = ?
                         WHERE id = ?
                         """)
-                for a in admit(fresh) {
-                    try statement.execute(arguments: [
-                        a.effectivePriority, a.configId, a.route.rawValue, a.dueAt, a.expiresAt, a.id,
-                    ])
+                for row in fresh {
+                    let a = plan.admit(row, in: table)
+                    try statement.execute(arguments: [a.effectivePriority, a.configId, a.route.rawValue, a.dueAt, a.expiresAt, a.id])
                 }
             }
 
-            if expire {
+            if plan.expire {
                 try db.execute(
                     sql: """
                         UPDATE messages SET status = 'expired', last_error_kind = 'expired',
                                             last_error = 'expired before it could be delivered', lease_until = NULL
                         WHERE status IN ('queued', 'deferred') AND expires_at <= ?
-                        """, arguments: [now])
+                        """, arguments: [plan.now])
             }
 
             let candidates = try Row.fetchAll(
                 db,
                 sql: """
-                    SELECT id, config_id FROM messages INDEXED BY messages_claim
+                    SELECT id, tenant, advertiser, cname, category FROM messages INDEXED BY messages_claim
                     WHERE status IN ('queued', 'deferred') AND next_attempt_at <= ?
                     ORDER BY effective_priority, id LIMIT 500
-                    """, arguments: [now]
-            ).map { Candidate(id: $0["id"], configId: $0["config_id"]) }
-            let chosen = pick(candidates)
+                    """, arguments: [plan.now]
+            ).map { row -> (id: Int64, resolution: RouteResolution) in
+                let keys = RoutingKeys(tenant: row["tenant"], advertiser: row["advertiser"], cname: row["cname"], category: row["category"])
+                return (row["id"], Router.resolve(keys, in: table))
+            }
+            let chosen = plan.choose(candidates).map { candidates[$0] }
             guard !chosen.isEmpty else { return [] }
 
-            let list = chosen.map(String.init).joined(separator: ",")
+            let ids = chosen.map(\.id)
+            let list = ids.map(String.init).joined(separator: ",")
             try db.execute(
                 sql: "UPDATE messages SET status = 'sending', lease_until = ? WHERE id IN (\(list))",
-                arguments: [now + leaseSeconds])
-            let messages = try MessageRecord.filter(chosen.contains(MessageRecord.Columns.id)).fetchAll(db)
-            let attachments = try AttachmentRecord.filter(chosen.contains(AttachmentRecord.Columns.messageId))
+                arguments: [plan.now + plan.leaseSeconds])
+            let messages = Dictionary(
+                uniqueKeysWithValues: try MessageRecord.filter(ids.contains(MessageRecord.Columns.id)).fetchAll(db).map { ($0.id!, $0) })
+            let attachments = try AttachmentRecord.filter(ids.contains(AttachmentRecord.Columns.messageId))
                 .order(Column("id")).fetchAll(db)
             let byMessage = Dictionary(grouping: attachments, by: \.messageId)
-            let order = Dictionary(uniqueKeysWithValues: chosen.enumerated().map { ($1, $0) })
-            return messages.sorted { order[$0.id!]! < order[$1.id!]! }
-                .map { ClaimedMessage(message: $0, attachments: byMessage[$0.id!] ?? []) }
+            return chosen.compactMap { candidate in
+                messages[candidate.id].map {
+                    ClaimedMessage(message: $0, attachments: byMessage[candidate.id] ?? [], resolution: candidate.resolution)
+                }
+            }
         }
     }
 

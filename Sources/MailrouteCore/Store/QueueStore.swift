@@ -1,11 +1,14 @@
 import Foundation
 import GRDB
+import Synchronization
 
 /// The only type that speaks SQL. Both programs open the database through it, which
 /// runs the migrations, so either may be started first.
 public final class QueueStore: Sendable {
     public let pool: DatabasePool
     public let path: String
+    /// The routing tables as of `routing_version`, re-read only when a commit changed them.
+    private let routingCache = Mutex<(version: Int, table: RoutingTable)?>(nil)
 
     public init(path: String) throws {
         self.path = path
@@ -200,40 +203,66 @@ public final class QueueStore: Sendable {
     /// settings were edited meanwhile: the result is about settings that no longer exist.
     /// Returns whether the status changed.
     @discardableResult
+    /// Records a verification's or delivery's verdict on a configuration, unless its connection
+    /// settings changed meanwhile. Going into `error` schedules the first probe at
+    /// `firstProbeAt`; staying in error keeps the schedule; leaving it clears the schedule.
     public func recordConfigStatus(
-        id: Int64, settingsVersion: Int, status: ConfigStatus, errorKind: ConfigErrorKind?, errorText: String?
+        id: Int64, settingsVersion: Int, status: ConfigStatus, errorKind: ConfigErrorKind?, errorText: String?,
+        firstProbeAt: Double? = nil
     ) throws -> Bool {
         try pool.write { db in
-            try Self.recordConfigStatus(db, id: id, settingsVersion: settingsVersion, status: status, errorKind: errorKind, errorText: errorText)
+            try Self.recordConfigStatus(
+                db, id: id, settingsVersion: settingsVersion, status: status, errorKind: errorKind, errorText: errorText,
+                firstProbeAt: firstProbeAt)
         }
     }
 
     /// The same, without holding a thread while an enqueuer holds the write lock (for the daemon).
     @discardableResult
     public func recordConfigStatus(
-        id: Int64, settingsVersion: Int, status: ConfigStatus, errorKind: ConfigErrorKind?, errorText: String?
+        id: Int64, settingsVersion: Int, status: ConfigStatus, errorKind: ConfigErrorKind?, errorText: String?,
+        firstProbeAt: Double? = nil
     ) async throws -> Bool {
         try await pool.write { db in
-            try Self.recordConfigStatus(db, id: id, settingsVersion: settingsVersion, status: status, errorKind: errorKind, errorText: errorText)
+            try Self.recordConfigStatus(
+                db, id: id, settingsVersion: settingsVersion, status: status, errorKind: errorKind, errorText: errorText,
+                firstProbeAt: firstProbeAt)
         }
     }
 
     static func recordConfigStatus(
-        _ db: Database, id: Int64, settingsVersion: Int, status: ConfigStatus, errorKind: ConfigErrorKind?, errorText: String?
+        _ db: Database, id: Int64, settingsVersion: Int, status: ConfigStatus, errorKind: ConfigErrorKind?, errorText: String?,
+        firstProbeAt: Double?
     ) throws -> Bool {
+        let now = now()
         try db.execute(
             sql: """
                 UPDATE smtp_configs
                 SET status = :status, error_kind = :kind, error_text = :text,
                     status_changed_at = CASE WHEN status = :status AND error_kind IS :kind
-                                             THEN status_changed_at ELSE :now END
+                                             THEN status_changed_at ELSE :now END,
+                    next_probe_at = CASE WHEN :status <> 'error' THEN NULL
+                                         WHEN status = 'error' AND next_probe_at IS NOT NULL THEN next_probe_at
+                                         ELSE :probe END,
+                    probe_failures = CASE WHEN :status = 'error' AND status = 'error' THEN probe_failures ELSE 0 END
                 WHERE id = :id AND settings_version = :version
                 """,
             arguments: [
                 "status": status.rawValue, "kind": errorKind?.rawValue, "text": errorText,
-                "now": now(), "id": id, "version": settingsVersion,
+                "now": now, "probe": firstProbeAt ?? now, "id": id, "version": settingsVersion,
             ])
         return db.changesCount > 0
+    }
+
+    /// A probe of a configuration that is down failed: it stays down until `nextProbeAt`.
+    public func recordProbeFailure(id: Int64, settingsVersion: Int, nextProbeAt: Double, errorText: String) async throws {
+        try await pool.write { db in
+            try db.execute(
+                sql: """
+                    UPDATE smtp_configs SET probe_failures = probe_failures + 1, next_probe_at = ?, error_text = ?
+                    WHERE id = ? AND settings_version = ? AND status = 'error'
+                    """, arguments: [nextProbeAt, errorText, id, settingsVersion])
+        }
     }
 
     // MARK: - Routes
@@ -275,6 +304,20 @@ public final class QueueStore: Sendable {
     }
 
     /// Everything routing needs, read in one transaction so configurations and routes agree.
+    /// Every configuration and route as committed, from the cache when nothing changed.
+    func routing(_ db: Database) throws -> RoutingTable {
+        let version = try Int.fetchOne(db, sql: "SELECT version FROM routing_version") ?? 0
+        if let cached = routingCache.withLock({ $0 }), cached.version == version { return cached.table }
+        let table = RoutingTable(configs: try SMTPConfigRecord.fetchAll(db), routes: try RouteRecord.fetchAll(db))
+        routingCache.withLock { $0 = (version, table) }
+        return table
+    }
+
+    /// The daemon's view of the routing: cheap when nothing changed.
+    public func currentRouting() async throws -> RoutingTable {
+        try await pool.read { db in try self.routing(db) }
+    }
+
     public func routingTable(tenant: String? = nil) throws -> RoutingTable {
         try pool.read { db in
             var configs = SMTPConfigRecord.all()

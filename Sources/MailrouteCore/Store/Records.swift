@@ -36,6 +36,10 @@ public struct SMTPConfigRecord: Codable, Sendable, Equatable, FetchableRecord, M
     public var errorText: String?
     public var statusChangedAt: Double?
     public var settingsVersion = 1
+    /// Failed probes since the configuration went down; the next waits `cooldown_s` × 2^n, up to an hour.
+    public var probeFailures = 0
+    /// When the next probe of a configuration that is down may run.
+    public var nextProbeAt: Double?
     public var createdAt: Double = 0
     public var updatedAt: Double = 0
 

@@ -12,6 +12,9 @@ public struct DeliveryError: Error, Sendable, Equatable, CustomStringConvertible
         case messageRejected = "message_rejected"
         case temporaryFailure = "temporary_failure"
         case timeout
+        /// Silence while connecting or before the greeting: a dead server or a busy host,
+        /// so it defers, and trips the configuration only after `breaker_timeouts` in a row.
+        case connectTimeout = "connect_timeout"
         case connectionLost = "connection_lost"
         case invalidMessage = "invalid_message"
         case senderUnauthorized = "sender_unauthorized"
@@ -42,7 +45,7 @@ public struct DeliveryError: Error, Sendable, Equatable, CustomStringConvertible
     /// The kind a configuration's status records for this failure.
     public var configErrorKind: ConfigErrorKind {
         switch kind {
-        case .connectionFailed: .connectionFailed
+        case .connectionFailed, .connectTimeout: .connectionFailed
         case .authFailed: .authFailed
         case .tlsFailed: .tlsFailed
         case .fromRejected: .fromRejected

@@ -61,8 +61,9 @@ public enum FailureClassifier {
         case Code.urlMalformat, Code.unsupportedProtocol:
             return plain(.connectionFailed, temporary: false, text: "invalid host: \(curlText)")
         case Code.operationTimedOut:
-            // No greeting at all is a server we cannot use; silence later is a slow server.
-            return heardServer ? plain(.timeout, temporary: true) : plain(.connectionFailed, temporary: false)
+            // Silence up to the greeting is ambiguous (SPEC §4): the breaker counts it. Silence
+            // later is a slow server.
+            return heardServer ? plain(.timeout, temporary: true) : plain(.connectTimeout, temporary: true)
         case _ where tlsCodes.contains(curlCode):
             return plain(.tlsFailed, temporary: false)
         case Code.loginDenied:

@@ -1,0 +1,64 @@
+import Foundation
+import GRDB
+import Testing
+
+@testable import MailrouteCore
+
+/// The claim transaction on a real SQLite file, without a daemon.
+@Suite struct ClaimTests {
+    let store: QueueStore
+
+    init() throws {
+        store = try QueueStore(path: Paths.temporaryDirectory("claim").appendingPathComponent("q.db").path)
+    }
+
+    func plan(now: Double, limit: Int = 100) -> ClaimPlan {
+        ClaimPlan(
+            now: now, leaseSeconds: 300, expire: true, limit: limit, room: [:], defaultMaxConnections: 50,
+            categories: MailrouteConfiguration().categories)
+    }
+
+    /// Due mail never waits behind a scheduled backlog: admission looks only at due rows.
+    @Test func dueMailIsClaimedAtOnceBehindAScheduledBacklog() async throws {
+        let now = Date().timeIntervalSince1970
+        try await store.pool.write { db in
+            let insert = try db.makeStatement(
+                sql: "INSERT INTO messages (category, rcpt_to, subject, text_body, send_at) VALUES ('report', '[\"a@b.test\"]', 'later', 'x', ?)")
+            for i in 0..<100_000 { try insert.execute(arguments: [now + 10 * 365 * 86400 + Double(i)]) }
+        }
+        let reports = try await store.pool.write { db -> [Int64] in
+            try (0..<5).map { _ in
+                try db.execute(sql: "INSERT INTO messages (category, rcpt_to, subject, text_body) VALUES ('report', '[\"a@b.test\"]', 'due', 'x')")
+                return db.lastInsertedRowID
+            }
+        }
+        let reset = try await store.pool.write { db -> Int64 in
+            try db.execute(sql: "INSERT INTO messages (category, rcpt_to, subject, text_body) VALUES ('password_reset', '[\"a@b.test\"]', 'reset', 'x')")
+            return db.lastInsertedRowID
+        }
+        let claimed = try await store.claim(plan(now: Date().timeIntervalSince1970 + 1))
+        #expect(claimed.map(\.id) == [reset] + reports, "the reset first (priority 1), then the reports in order")
+        let untouched = try await store.pool.read { db in
+            try Int.fetchOne(db, sql: "SELECT count(*) FROM messages WHERE effective_priority IS NULL AND subject = 'later'")
+        }
+        #expect(untouched == 100_000, "scheduled rows are not admitted before their time")
+        let next = try await store.nextDueTime()
+        #expect(next != nil && next! > now + 10 * 365 * 86400 - 1)
+    }
+
+    /// Each claimed row carries its route, resolved in the same transaction as the claim.
+    @Test func theClaimResolvesAgainstTheRoutingAsCommitted() async throws {
+        let now = Date().timeIntervalSince1970
+        let id = try await store.pool.write { db -> Int64 in
+            try db.execute(sql: "INSERT INTO messages (tenant, category, rcpt_to, subject, text_body) VALUES ('acme', 'report', '[\"a@b.test\"]', 's', 'x')")
+            return db.lastInsertedRowID
+        }
+        // Admitted while acme has no configuration: the relay.
+        #expect(try await store.claim(plan(now: now, limit: 0)).isEmpty)
+        let config = try store.insertConfig(SMTPConfigRecord(tenant: "acme", name: "main", host: "h.test", fromAddress: "a@acme.test"))
+        let claimed = try await store.claim(plan(now: Date().timeIntervalSince1970 + 1))
+        #expect(claimed.map(\.id) == [id])
+        #expect(claimed.first?.resolution.step == .default)
+        #expect(claimed.first?.resolution.config?.id == config.id)
+    }
+}

@@ -23,6 +23,66 @@ final class ChangeWatcher {
     }
 }
 
+/// Rings the doorbell when another process writes the database, so a row INSERTed while the
+/// daemon idles is picked up in milliseconds without a timer: inotify on the database's
+/// folder, for the database file and its WAL (every commit in WAL mode writes the WAL).
+/// `ChangeWatcher`'s data_version then says whether a commit really happened.
+final class WALWatcher: @unchecked Sendable {
+    private let fd: Int32
+    private let names: Set<String>
+    private let doorbell: Doorbell
+    private let stop = StopFlag()
+    private let stopped = DispatchSemaphore(value: 0)
+
+    /// nil where inotify is not available: the poll interval remains the safety net.
+    init?(databasePath: String, doorbell: Doorbell) {
+        let url = URL(fileURLWithPath: databasePath)
+        let fd = inotify_init1(Int32(IN_CLOEXEC | IN_NONBLOCK))
+        guard fd >= 0 else { return nil }
+        let mask = UInt32(IN_MODIFY | IN_CREATE | IN_MOVED_TO | IN_CLOSE_WRITE)
+        guard inotify_add_watch(fd, url.deletingLastPathComponent().path, mask) >= 0 else {
+            close(fd)
+            return nil
+        }
+        self.fd = fd
+        self.names = [url.lastPathComponent, url.lastPathComponent + "-wal"]
+        self.doorbell = doorbell
+        let thread = Thread { [self] in watch() }
+        thread.name = "mailroute-wal-watcher"
+        thread.start()
+    }
+
+    /// Stops the thread (within its 500 ms poll) and closes the descriptor.
+    func cancel() {
+        stop.set()
+        stopped.wait()
+        close(fd)
+    }
+
+    private func watch() {
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        while !stop.isSet {
+            guard poll(&pfd, 1, 500) > 0 else { continue }
+            var relevant = false
+            while true {
+                let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+                guard n > 0 else { break }
+                var offset = 0
+                while offset + MemoryLayout<inotify_event>.size <= n {
+                    let length = buffer.withUnsafeBytes { Int($0.load(fromByteOffset: offset + 12, as: UInt32.self)) }
+                    let nameStart = offset + MemoryLayout<inotify_event>.size
+                    let name = buffer[nameStart..<min(n, nameStart + length)].prefix { $0 != 0 }
+                    if names.contains(String(decoding: name, as: UTF8.self)) { relevant = true }
+                    offset = nameStart + length
+                }
+            }
+            if relevant { doorbell.ring() }
+        }
+        stopped.signal()
+    }
+}
+
 /// Set from a signal handler's context, read by the loop.
 final class StopFlag: @unchecked Sendable {
     private let lock = NSLock()

@@ -112,6 +112,8 @@ public actor Dispatcher: Service {
 
     public func run() async throws {
         let watcher = try ChangeWatcher(path: store.path)
+        let wal = WALWatcher(databasePath: store.path, doorbell: doorbell)
+        defer { wal?.cancel() }
         let stop = self.stop
         await withGracefulShutdownHandler {
             await withDiscardingTaskGroup { group in
@@ -168,7 +170,12 @@ public actor Dispatcher: Service {
                 try? await refreshRouting()
                 housekeeping(now: t, group: &group)
             }
-            await doorbell.wait(timeout: .milliseconds(50))
+            // Woken by a commit (inotify on the WAL), a finished delivery, or the next due time;
+            // otherwise once a second for housekeeping and the watchdog.
+            var wait = 1.0
+            if let nextDue { wait = min(wait, max(0.001, nextDue - now())) }
+            if let pingInterval { wait = min(wait, pingInterval) }
+            await doorbell.wait(timeout: .milliseconds(Int(wait * 1000)))
         }
     }
 

@@ -32,7 +32,6 @@ final class WALWatcher: @unchecked Sendable {
     private let names: Set<String>
     private let doorbell: Doorbell
     private let stop = StopFlag()
-    private let stopped = DispatchSemaphore(value: 0)
 
     /// nil where inotify is not available: the poll interval remains the safety net.
     init?(databasePath: String, doorbell: Doorbell) {
@@ -52,11 +51,10 @@ final class WALWatcher: @unchecked Sendable {
         thread.start()
     }
 
-    /// Stops the thread (within its 500 ms poll) and closes the descriptor.
+    /// The thread stops within its 500 ms poll and closes the descriptor itself; nobody
+    /// waits for it (the caller may be on Swift's cooperative pool).
     func cancel() {
         stop.set()
-        stopped.wait()
-        close(fd)
     }
 
     private func watch() {
@@ -79,7 +77,7 @@ final class WALWatcher: @unchecked Sendable {
             }
             if relevant { doorbell.ring() }
         }
-        stopped.signal()
+        close(fd)
     }
 }
 

@@ -154,12 +154,74 @@ public struct MessageRecord: Codable, Sendable, Equatable, FetchableRecord, Muta
     public enum Columns {
         public static let id = Column("id")
         public static let tenant = Column("tenant")
-        public static let status = Column("status")
+        public static let advertiser = Column("advertiser")
+        public static let cname = Column("cname")
+        public static let category = Column("category")
         public static let priority = Column("priority")
+        public static let sendAt = Column("send_at")
+        public static let expiresAt = Column("expires_at")
+        public static let mailFrom = Column("mail_from")
+        public static let fromName = Column("from_name")
+        public static let replyTo = Column("reply_to")
+        public static let rcptTo = Column("rcpt_to")
+        public static let cc = Column("cc")
+        public static let bcc = Column("bcc")
+        public static let subject = Column("subject")
+        public static let textBody = Column("text_body")
+        public static let htmlBody = Column("html_body")
+        public static let headers = Column("headers")
+        public static let idempotencyKey = Column("idempotency_key")
+        public static let status = Column("status")
+        public static let attempts = Column("attempts")
         public static let nextAttemptAt = Column("next_attempt_at")
         public static let leaseUntil = Column("lease_until")
+        public static let configId = Column("config_id")
+        public static let route = Column("route")
+        public static let lastErrorKind = Column("last_error_kind")
+        public static let lastError = Column("last_error")
+        public static let smtpResponse = Column("smtp_response")
+        public static let messageIdHeader = Column("message_id_header")
         public static let createdAt = Column("created_at")
         public static let sentAt = Column("sent_at")
+        public static let effectivePriority = Column("effective_priority")
+    }
+
+    /// By hand rather than through Codable: every claimed row is decoded here, and GRDB's
+    /// Decoder path costs several times as much per row.
+    public init(row: Row) throws {
+        typealias C = Columns
+        id = row[C.id]
+        tenant = row[C.tenant]
+        advertiser = row[C.advertiser]
+        cname = row[C.cname]
+        category = row[C.category]
+        priority = row[C.priority]
+        sendAt = row[C.sendAt]
+        expiresAt = row[C.expiresAt]
+        mailFrom = row[C.mailFrom]
+        fromName = row[C.fromName]
+        replyTo = row[C.replyTo]
+        rcptTo = row[C.rcptTo]
+        cc = row[C.cc]
+        bcc = row[C.bcc]
+        subject = row[C.subject]
+        textBody = row[C.textBody]
+        htmlBody = row[C.htmlBody]
+        headers = row[C.headers]
+        idempotencyKey = row[C.idempotencyKey]
+        status = MessageStatus(rawValue: row[C.status] ?? "") ?? .queued
+        attempts = row[C.attempts] ?? 0
+        nextAttemptAt = row[C.nextAttemptAt]
+        leaseUntil = row[C.leaseUntil]
+        configId = row[C.configId]
+        route = (row[C.route] as String?).flatMap(RouteStep.init(rawValue:))
+        lastErrorKind = row[C.lastErrorKind]
+        lastError = row[C.lastError]
+        smtpResponse = row[C.smtpResponse]
+        messageIdHeader = row[C.messageIdHeader]
+        createdAt = row[C.createdAt]
+        sentAt = row[C.sentAt]
+        effectivePriority = row[C.effectivePriority]
     }
 
     public mutating func didInsert(_ inserted: InsertionSuccess) {
@@ -212,8 +274,41 @@ public struct AttemptRecord: Codable, Sendable, Equatable, FetchableRecord, Muta
     public var durationS: Double?
 
     public enum Columns {
+        public static let id = Column("id")
         public static let messageId = Column("message_id")
         public static let attempt = Column("attempt")
+        public static let at = Column("at")
+        public static let configId = Column("config_id")
+        public static let configLabel = Column("config_label")
+        public static let route = Column("route")
+        public static let server = Column("server")
+        public static let outcome = Column("outcome")
+        public static let errorKind = Column("error_kind")
+        public static let smtpCode = Column("smtp_code")
+        public static let enhancedCode = Column("enhanced_code")
+        public static let response = Column("response")
+        public static let refusedRecipients = Column("refused_recipients")
+        public static let durationS = Column("duration_s")
+    }
+
+    /// By hand rather than through Codable: one row per try is written on the hot path.
+    public func encode(to container: inout PersistenceContainer) throws {
+        typealias C = Columns
+        container[C.id] = id
+        container[C.messageId] = messageId
+        container[C.attempt] = attempt
+        container[C.at] = at
+        container[C.configId] = configId
+        container[C.configLabel] = configLabel
+        container[C.route] = route?.rawValue
+        container[C.server] = server
+        container[C.outcome] = outcome.rawValue
+        container[C.errorKind] = errorKind
+        container[C.smtpCode] = smtpCode
+        container[C.enhancedCode] = enhancedCode
+        container[C.response] = response
+        container[C.refusedRecipients] = refusedRecipients
+        container[C.durationS] = durationS
     }
 
     public mutating func didInsert(_ inserted: InsertionSuccess) {

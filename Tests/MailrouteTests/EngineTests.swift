@@ -120,7 +120,8 @@ import Testing
         let ids = try enqueue(1)
         try await running {
             let done = try await until(10, Self.allSent(ids))
-            #expect(done)
+            let row = try rows(ids).first
+            #expect(done, "\(String(describing: row?.status)) attempts \(row?.attempts ?? -1) next \((row?.nextAttemptAt ?? 0) - Date().timeIntervalSince1970) lease \(String(describing: row?.leaseUntil)) sends \(transport.recorded.count)")
         }
         #expect(try rows(ids).first?.route == .default, "two timeouts of three do not trip")
         #expect(try store.config(tenant: "acme", name: "main")?.status == .verified)

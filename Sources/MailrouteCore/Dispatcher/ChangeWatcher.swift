@@ -109,10 +109,20 @@ final class Doorbell: @unchecked Sendable {
     }
 
     /// Returns at the first ring (or one that came since the last wait), or after `timeout`.
+    /// The timer is a child task, so it runs wherever the loop runs and ends with the wait.
     func wait(timeout: Duration) async {
-        let timer = Task { [self] in
-            if (try? await Task.sleep(for: timeout)) != nil { ring() }
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask {
+                // Cancelled when a ring came first; otherwise its own ring ends the wait.
+                if (try? await Task.sleep(for: timeout)) != nil { self.ring() }
+            }
+            group.addTask { await self.untilRung() }
+            await group.next()
+            group.cancelAll()
         }
+    }
+
+    private func untilRung() async {
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
             lock.lock()
             if rung {
@@ -124,6 +134,5 @@ final class Doorbell: @unchecked Sendable {
                 lock.unlock()
             }
         }
-        timer.cancel()
     }
 }

@@ -22,7 +22,9 @@ public actor Dispatcher: Service {
     /// Domains already logged as having no DKIM key, so the notice comes once per load.
     private var unsignedDomains: Set<String> = []
 
-    private var pools: [PoolKey: any SMTPPool] = [:]
+    private var pools: PoolRegistry
+    /// Pools taken out of service, to be closed by the loop's task group.
+    private var retired: [any SMTPPool] = []
     private(set) var health: ConfigHealth
     private var routing = RoutingTable(configs: [], routes: [])
     private var inFlight = 0
@@ -31,11 +33,6 @@ public actor Dispatcher: Service {
     private let writer: OutcomeWriter
     private var lastPurge = 0.0
     private var lastStatus = 0.0
-
-    enum PoolKey: Hashable {
-        case config(id: Int64, version: Int)
-        case platform
-    }
 
     public init(
         settings: MailrouteConfiguration, store: QueueStore, secrets: SecretBox?, logger: Logger,
@@ -49,6 +46,7 @@ public actor Dispatcher: Service {
         self.logger = logger
         self.notifier = notifier
         self.transport = transport
+        self.pools = PoolRegistry(transport: transport)
         self.now = now
         self.random = random
         self.writer = OutcomeWriter(store: store)
@@ -103,9 +101,8 @@ public actor Dispatcher: Service {
         unsignedDomains = []
         health.breakerTimeouts = max(1, next.delivery.breakerTimeouts)
         health.cooldownSeconds = next.delivery.cooldownSeconds
-        let old = Array(pools.values)
-        pools.removeAll()
-        for pool in old { Task { await pool.close() } }
+        retired += pools.retireAll()
+        doorbell.ring()
     }
 
     // MARK: - The loop
@@ -170,6 +167,9 @@ public actor Dispatcher: Service {
                 try? await refreshRouting()
                 housekeeping(now: t, group: &group)
             }
+            // A retired pool stops taking work; its sends in hand finish, then it QUITs.
+            for pool in retired { group.addTask { await pool.close() } }
+            retired.removeAll()
             // Woken by a commit (inotify on the WAL), a finished delivery, or the next due time;
             // otherwise once a second for housekeeping and the watchdog.
             var wait = 1.0
@@ -183,26 +183,13 @@ public actor Dispatcher: Service {
     /// pools retired whose configuration's connection settings changed.
     private func refreshRouting() async throws {
         routing = try await store.currentRouting()
-        for key in pools.keys {
-            guard case .config(let id, let version) = key else { continue }
-            if routing.configs[id]?.settingsVersion != version, let pool = pools.removeValue(forKey: key) {
-                Task { await pool.close() }
-            }
-        }
+        retired += pools.retireStale(routing)
     }
 
     /// How many more messages each pool can take: its connections, plus one waiting each.
     private func claimPlan(now t: Double, expire: Bool) -> ClaimPlan {
-        var room: [Int64?: Int] = [:]
-        for (key, pool) in pools {
-            let free = pool.limits.maxConnections * 2 - pool.load
-            switch key {
-            case .platform: room[nil] = free
-            case .config(let id, _): room[id] = free
-            }
-        }
         return ClaimPlan(
-            now: t, leaseSeconds: settings.queue.leaseSeconds, expire: expire, limit: max(0, 2000 - inFlight), room: room,
+            now: t, leaseSeconds: settings.queue.leaseSeconds, expire: expire, limit: max(0, 2000 - inFlight), room: pools.room(perConnection: 2),
             defaultMaxConnections: settings.delivery.defaultMaxConnections, categories: settings.categories)
     }
 
@@ -341,52 +328,17 @@ public actor Dispatcher: Service {
 
     // MARK: - Pools
 
-    func pool(for config: SMTPConfigRecord) -> (any SMTPPool)? {
-        guard let id = config.id else { return nil }
-        let key = PoolKey.config(id: id, version: config.settingsVersion)
-        if let pool = pools[key] { return pool }
-        let password: String?
-        do {
-            password = try config.passwordSealed.map { sealed in
-                guard let secrets else { throw SecretError.noKey(searched: [], sealedPasswords: 1) }
-                return try secrets.open(sealed)
-            }
-        } catch {
-            return nil
-        }
-        let delivery = settings.delivery
-        let endpoint = SMTPEndpoint(config: config, password: password, delivery: delivery)
-        let pool = transport.makePool(
-            name: config.label, endpoint: endpoint,
-            limits: PoolLimits(
-                maxConnections: config.maxConnections ?? delivery.defaultMaxConnections,
-                maxMessagesPerConnection: delivery.maxMessagesPerConnection, idleTimeout: delivery.idleTimeoutSeconds,
-                ratePerMinute: config.ratePerMinute))
-        pools[key] = pool
-        return pool
-    }
+    func pool(for config: SMTPConfigRecord) -> (any SMTPPool)? { pools.pool(for: config, settings: settings, secrets: secrets) }
 
-    func platformPool() -> any SMTPPool {
-        if let pool = pools[.platform] { return pool }
-        let p = settings.platform
-        let delivery = settings.delivery
-        let endpoint = SMTPEndpoint(
-            host: p.host, port: p.port, security: p.security, username: nonEmpty(p.username), password: platformPassword,
-            caFile: nonEmpty(p.caFile), heloName: delivery.effectiveHeloName, connectTimeoutSeconds: delivery.connectTimeoutSeconds,
-            commandTimeoutSeconds: delivery.commandTimeoutSeconds, maxIdleSeconds: delivery.idleTimeoutSeconds)
-        let pool = transport.makePool(
-            name: "platform", endpoint: endpoint,
-            limits: PoolLimits(
-                maxConnections: delivery.defaultMaxConnections, maxMessagesPerConnection: delivery.maxMessagesPerConnection,
-                idleTimeout: delivery.idleTimeoutSeconds))
-        pools[.platform] = pool
-        return pool
-    }
+    func platformPool() -> any SMTPPool { pools.platformPool(settings: settings, password: platformPassword) }
 
+    /// Shutdown: every pool at once, each finishing its sends in hand and QUITting.
     private func closeAllPools() async {
-        let all = Array(pools.values)
-        pools.removeAll()
-        for pool in all { await pool.close() }
+        let all = pools.retireAll() + retired
+        retired.removeAll()
+        await withDiscardingTaskGroup { group in
+            for pool in all { group.addTask { await pool.close() } }
+        }
     }
 
     // MARK: - Logging

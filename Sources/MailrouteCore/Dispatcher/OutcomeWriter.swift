@@ -1,8 +1,9 @@
 /// Collects the outcomes that finish while a commit is under way and writes them together,
-/// so a busy daemon pays one commit per batch instead of one per message.
+/// so a busy daemon pays one commit per batch instead of one per message. The first writer
+/// to find no commit under way makes it, in its own task, for everyone who joins meanwhile.
 actor OutcomeWriter {
     private let store: QueueStore
-    private var pending: [(id: Int64, outcome: DeliveryOutcome, done: CheckedContinuation<Void, Error>)] = []
+    private var pending: [(id: Int64, outcome: DeliveryOutcome, done: CheckedContinuation<Void, Error>?)] = []
     private var flushing = false
 
     init(store: QueueStore) {
@@ -10,26 +11,28 @@ actor OutcomeWriter {
     }
 
     func write(id: Int64, outcome: DeliveryOutcome) async throws {
-        try await withCheckedThrowingContinuation { (done: CheckedContinuation<Void, Error>) in
-            pending.append((id, outcome, done))
-            if !flushing {
-                flushing = true
-                Task { await flush() }
-            }
+        if flushing {
+            try await withCheckedThrowingContinuation { done in pending.append((id, outcome, done)) }
+            return
         }
-    }
-
-    private func flush() async {
-        while !pending.isEmpty {
-            let batch = pending
-            pending.removeAll()
+        flushing = true
+        defer { flushing = false }
+        var batch = [(id: id, outcome: outcome, done: CheckedContinuation<Void, Error>?.none)]
+        var own: Error?
+        var first = true
+        while !batch.isEmpty {
             do {
                 try await store.finish(batch.map { ($0.id, $0.outcome) })
-                for item in batch { item.done.resume() }
+                for item in batch { item.done?.resume() }
             } catch {
-                for item in batch { item.done.resume(throwing: error) }
+                if first { own = error }
+                for item in batch { item.done?.resume(throwing: error) }
             }
+            first = false
+            // Whatever arrived during that commit goes in the next one.
+            batch = pending
+            pending.removeAll()
         }
-        flushing = false
+        if let own { throw own }
     }
 }

@@ -1,0 +1,89 @@
+import Foundation
+
+/// The dispatcher's pools, one per configuration and version of its connection settings,
+/// plus the platform relay's.
+struct PoolRegistry {
+    enum Key: Hashable {
+        case config(id: Int64, version: Int)
+        case platform
+    }
+
+    let transport: any SMTPTransport
+    private var pools: [Key: any SMTPPool] = [:]
+
+    init(transport: any SMTPTransport) {
+        self.transport = transport
+    }
+
+    /// Free places per pool that exists (configuration id; nil is the relay), for `ClaimPlan`.
+    func room(perConnection: Int) -> [Int64?: Int] {
+        var room: [Int64?: Int] = [:]
+        for (key, pool) in pools {
+            let free = pool.limits.maxConnections * perConnection - pool.load
+            switch key {
+            case .platform: room[nil] = free
+            case .config(let id, _): room[id] = free
+            }
+        }
+        return room
+    }
+
+    /// nil when the configuration's password cannot be opened (no key, or another key).
+    mutating func pool(for config: SMTPConfigRecord, settings: MailrouteConfiguration, secrets: SecretBox?) -> (any SMTPPool)? {
+        guard let id = config.id else { return nil }
+        let key = Key.config(id: id, version: config.settingsVersion)
+        if let pool = pools[key] { return pool }
+        let password: String?
+        do {
+            password = try config.passwordSealed.map { sealed in
+                guard let secrets else { throw SecretError.noKey(searched: [], sealedPasswords: 1) }
+                return try secrets.open(sealed)
+            }
+        } catch {
+            return nil
+        }
+        let delivery = settings.delivery
+        let pool = transport.makePool(
+            name: config.label, endpoint: SMTPEndpoint(config: config, password: password, delivery: delivery),
+            limits: PoolLimits(
+                maxConnections: config.maxConnections ?? delivery.defaultMaxConnections,
+                maxMessagesPerConnection: delivery.maxMessagesPerConnection, idleTimeout: delivery.idleTimeoutSeconds,
+                ratePerMinute: config.ratePerMinute))
+        pools[key] = pool
+        return pool
+    }
+
+    mutating func platformPool(settings: MailrouteConfiguration, password: String?) -> any SMTPPool {
+        if let pool = pools[.platform] { return pool }
+        let p = settings.platform
+        let delivery = settings.delivery
+        let endpoint = SMTPEndpoint(
+            host: p.host, port: p.port, security: p.security, username: nonEmpty(p.username), password: password,
+            caFile: nonEmpty(p.caFile), heloName: delivery.effectiveHeloName, connectTimeoutSeconds: delivery.connectTimeoutSeconds,
+            commandTimeoutSeconds: delivery.commandTimeoutSeconds, maxIdleSeconds: delivery.idleTimeoutSeconds)
+        let pool = transport.makePool(
+            name: "platform", endpoint: endpoint,
+            limits: PoolLimits(
+                maxConnections: delivery.defaultMaxConnections, maxMessagesPerConnection: delivery.maxMessagesPerConnection,
+                idleTimeout: delivery.idleTimeoutSeconds))
+        pools[.platform] = pool
+        return pool
+    }
+
+    /// Takes out the pools whose configuration's connection settings changed, or that was
+    /// deleted; the caller closes them (their sends in hand finish first).
+    mutating func retireStale(_ routing: RoutingTable) -> [any SMTPPool] {
+        var retired: [any SMTPPool] = []
+        for key in pools.keys {
+            guard case .config(let id, let version) = key, routing.configs[id]?.settingsVersion != version else { continue }
+            if let pool = pools.removeValue(forKey: key) { retired.append(pool) }
+        }
+        return retired
+    }
+
+    /// Takes out every pool (a reload, or shutdown); they are rebuilt on next use.
+    mutating func retireAll() -> [any SMTPPool] {
+        defer { pools.removeAll() }
+        return Array(pools.values)
+    }
+}

@@ -49,26 +49,54 @@ public struct ClaimPlan: Sendable {
     /// room is skipped (its rows wait, nobody else's do). A configuration that is down sends
     /// to the relay, or with `fallback = none` is taken only to be put back to wait.
     func choose(_ candidates: [(id: Int64, resolution: RouteResolution)]) -> [Int] {
-        var room = self.room
+        var chooser = Chooser(plan: self)
         var chosen: [Int] = []
-        for (index, candidate) in candidates.enumerated() where chosen.count < limit {
-            var target = candidate.resolution.config?.id
-            if let config = candidate.resolution.config, DeliveryPolicy.isDown(config) {
-                if config.fallback == .none {
-                    chosen.append(index)
-                    continue
-                }
-                target = nil
-            }
-            let free = room[target] ?? fresh(candidate.resolution.config, target: target)
-            guard free > 0 else { continue }
-            room[target] = free - 1
-            chosen.append(index)
+        for (index, candidate) in candidates.enumerated() where !chooser.isDone {
+            if chooser.take(candidate.resolution) { chosen.append(index) }
         }
         return chosen
     }
 
-    private func fresh(_ config: SMTPConfigRecord?, target: Int64?) -> Int {
+    /// `choose`, one candidate at a time, so the claim can stop reading rows early.
+    struct Chooser {
+        let plan: ClaimPlan
+        private var room: [Int64?: Int]
+        private(set) var taken = 0
+        private var skippedSinceTake = 0
+
+        init(plan: ClaimPlan) {
+            self.plan = plan
+            self.room = plan.room
+        }
+
+        /// Enough: the limit is reached, or a long run of rows found no room (the pools they
+        /// need are full; reading on would cost more than it could yield this time).
+        var isDone: Bool { taken >= plan.limit || skippedSinceTake >= 64 }
+
+        mutating func take(_ resolution: RouteResolution) -> Bool {
+            var target = resolution.config?.id
+            if let config = resolution.config, DeliveryPolicy.isDown(config) {
+                if config.fallback == .none { return took() }
+                target = nil
+            }
+            let free = room[target] ?? plan.fresh(resolution.config, target: target)
+            guard free > 0 else {
+                room[target] = 0
+                skippedSinceTake += 1
+                return false
+            }
+            room[target] = free - 1
+            return took()
+        }
+
+        private mutating func took() -> Bool {
+            taken += 1
+            skippedSinceTake = 0
+            return true
+        }
+    }
+
+    fileprivate func fresh(_ config: SMTPConfigRecord?, target: Int64?) -> Int {
         guard target != nil, let config else { return defaultMaxConnections * perConnection }
         return (config.maxConnections ?? defaultMaxConnections) * perConnection
     }

@@ -63,7 +63,10 @@ public struct RouteResolution: Sendable, Equatable {
 /// SPEC §2's routing order: advertiser > cname > category > tenant default > platform relay.
 /// The first step that exists and whose configuration is enabled wins.
 public enum Router {
-    public static func resolve(_ keys: RoutingKeys, in table: RoutingTable) -> RouteResolution {
+    /// - Parameter explain: build the `trail` (`route resolve` shows it); the claim, which
+    ///   resolves every candidate row, does without those strings.
+    public static func resolve(_ keys: RoutingKeys, in table: RoutingTable, explain: Bool = true) -> RouteResolution {
+        guard explain else { return resolveQuietly(keys, in: table) }
         var trail: [String] = []
         guard let tenant = keys.tenant else {
             trail.append("no tenant: platform mail")
@@ -93,6 +96,24 @@ public enum Router {
         }
         trail.append("tenant \(tenant): no default configuration, platform relay")
         return RouteResolution(config: nil, step: .platform, trail: trail)
+    }
+
+    /// The same order as `resolve`, without the explanation.
+    static func resolveQuietly(_ keys: RoutingKeys, in table: RoutingTable) -> RouteResolution {
+        guard let tenant = keys.tenant else { return RouteResolution(config: nil, step: .platform, trail: []) }
+        if let key = keys.advertiser, !key.isEmpty, let config = table.route(tenant, .advertiser, key), config.enabled {
+            return RouteResolution(config: config, step: .advertiser, trail: [])
+        }
+        if let key = keys.cname.map(normalizeCNAME), !key.isEmpty, let config = table.route(tenant, .cname, key), config.enabled {
+            return RouteResolution(config: config, step: .cname, trail: [])
+        }
+        if let key = keys.category, !key.isEmpty, let config = table.route(tenant, .category, key), config.enabled {
+            return RouteResolution(config: config, step: .category, trail: [])
+        }
+        if let config = table.defaultConfig(of: tenant), config.enabled {
+            return RouteResolution(config: config, step: .default, trail: [])
+        }
+        return RouteResolution(config: nil, step: .platform, trail: [])
     }
 
     /// CNAMEs are DNS names: compared without case and without the root dot.

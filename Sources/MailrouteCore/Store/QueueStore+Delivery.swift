@@ -141,18 +141,21 @@ extension QueueStore {
                         """, arguments: [plan.now])
             }
 
-            let candidates = try Row.fetchAll(
+            // Read in order, one row at a time, until the plan has what it can take.
+            var chooser = ClaimPlan.Chooser(plan: plan)
+            var chosen: [(id: Int64, resolution: RouteResolution)] = []
+            let rows = try Row.fetchCursor(
                 db,
                 sql: """
                     SELECT id, tenant, advertiser, cname, category FROM messages INDEXED BY messages_claim
                     WHERE status IN ('queued', 'deferred') AND next_attempt_at <= ?
                     ORDER BY effective_priority, id LIMIT 500
-                    """, arguments: [plan.now]
-            ).map { row -> (id: Int64, resolution: RouteResolution) in
-                let keys = RoutingKeys(tenant: row["tenant"], advertiser: row["advertiser"], cname: row["cname"], category: row["category"])
-                return (row["id"], Router.resolve(keys, in: table))
+                    """, arguments: [plan.now])
+            while !chooser.isDone, let row = try rows.next() {
+                let keys = RoutingKeys(tenant: row[1], advertiser: row[2], cname: row[3], category: row[4])
+                let resolution = Router.resolve(keys, in: table, explain: false)
+                if chooser.take(resolution) { chosen.append((row[0], resolution)) }
             }
-            let chosen = plan.choose(candidates).map { candidates[$0] }
             guard !chosen.isEmpty else { return [] }
 
             let ids = chosen.map(\.id)

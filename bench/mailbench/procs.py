@@ -100,13 +100,14 @@ class Cleanup:
 
 
 def install_signal_handlers():
-    """SIGTERM and SIGHUP end the run like Ctrl-C does, so `finally` blocks run the cleanup."""
+    """SIGINT, SIGTERM and SIGHUP end the run with KeyboardInterrupt, so `finally` blocks run
+    the cleanup. SIGINT is set explicitly: a shell starts background jobs with it ignored."""
 
     def interrupt(signum, _frame):
         raise KeyboardInterrupt(f"signal {signum}")
 
-    signal.signal(signal.SIGTERM, interrupt)
-    signal.signal(signal.SIGHUP, interrupt)
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, interrupt)
 
 
 def proc_status(pid):

@@ -61,7 +61,8 @@ class Bench:
         self.round_no = 0
         # Anything slower than 100 msg/s misses every target anyway; do not wait longer for it.
         self.timeout = max(20.0 if options.quick else 60.0, options.messages / 100)
-        self.stall = 10.0 if options.quick else 30.0
+        # Longer than the first retry (retry_initial_s = 30 s), so a deferred message may come back.
+        self.stall = 10.0 if options.quick else 45.0
 
     def prepare(self):
         self.templates["one"] = self.engine.template("one", ONE, 4)

@@ -15,6 +15,10 @@ import Testing
         #expect(line == #"delivery id=42 tenant=acme config=acme/main route=fallback outcome=sent code=250 response="250 2.0.0 Ok: queued as 4XYZ""#)
         #expect(MailrouteLogHandler.quote("a\nb \"c\"") == #""a\nb \"c\"""#)
         #expect(MailrouteLogHandler.quote("") == #""""#)
+        #expect(MailrouteLogHandler.quote("plain") == "plain")
+        #expect(MailrouteLogHandler.quote("café") == "café")
+        #expect(MailrouteLogHandler.quote("a\u{2028}b") == #""a\u{2028}b""#, "no Unicode line break reaches the log")
+        #expect(MailrouteLogHandler.quote("a=b\r") == #""a=b\r""#)
     }
 
     @Test func journalEntriesCarryTheStructuredFields() {

@@ -210,7 +210,8 @@ public enum MessageComposer {
             let n = bytes.count
             while i <= n {
                 guard i < n, bytes[i] != 13, bytes[i] != 10 else {
-                    out += [13, 10]
+                    out.append(13)
+                    out.append(10)
                     column = 0
                     if i < n, bytes[i] == 13, i + 1 < n, bytes[i + 1] == 10 { i += 1 }
                     i += 1
@@ -220,14 +221,19 @@ public enum MessageComposer {
                 let isLast = i + 1 == n || bytes[i + 1] == 13 || bytes[i + 1] == 10
                 let literal = (b >= 33 && b <= 126 && b != UInt8(ascii: "=")) || ((b == 32 || b == 9) && !isLast)
                 let width = literal ? 1 : 3
+                // Single appends: an array literal here would allocate for every byte (perf).
                 if column + width > 75 {
-                    out += [UInt8(ascii: "="), 13, 10]
+                    out.append(UInt8(ascii: "="))
+                    out.append(13)
+                    out.append(10)
                     column = 0
                 }
                 if literal {
                     out.append(b)
                 } else {
-                    out += [UInt8(ascii: "="), hex.utf8Start[Int(b >> 4)], hex.utf8Start[Int(b & 0xF)]]
+                    out.append(UInt8(ascii: "="))
+                    out.append(hex.utf8Start[Int(b >> 4)])
+                    out.append(hex.utf8Start[Int(b & 0xF)])
                 }
                 column += width
                 i += 1

@@ -114,31 +114,69 @@ public struct MailrouteLogHandler: LogHandler {
 
     /// SPEC §7's order for a delivery line; other keys follow alphabetically.
     static let order = ["id", "tenant", "config", "route", "to", "outcome", "code", "response", "delay", "attempts"]
+    private static let rank = Dictionary(uniqueKeysWithValues: order.enumerated().map { ($1, $0) })
 
-    /// `message key=value key="two words"`, values quoted when they need it.
+    /// `message key=value key="two words"`, values quoted when they need it. One line per
+    /// delivery attempt: written for speed (it was a tenth of the daemon's CPU in perf).
     static func line(message: String, metadata: Logger.Metadata) -> String {
-        var parts = [message]
-        let keys = metadata.keys.sorted { a, b in
-            let (ra, rb) = (order.firstIndex(of: shortKey(a)) ?? order.count, order.firstIndex(of: shortKey(b)) ?? order.count)
-            return ra != rb ? ra < rb : a < b
+        var fields = metadata.map { (key: shortKey($0.key), value: $0.value) }
+        fields.sort { a, b in
+            let (ra, rb) = (rank[a.key] ?? order.count, rank[b.key] ?? order.count)
+            return ra != rb ? ra < rb : a.key < b.key
         }
-        for key in keys {
-            parts.append("\(shortKey(key))=\(quote("\(metadata[key]!)"))")
+        var out = message
+        out.reserveCapacity(message.utf8.count + fields.count * 24)
+        for field in fields {
+            out += " "
+            out += field.key
+            out += "="
+            appendQuoted(field.value.description, to: &out)
         }
-        return parts.joined(separator: " ")
+        return out
     }
 
     /// `mailroute.id` prints as `id`; the prefix only matters in the journal.
     static func shortKey(_ key: String) -> String {
-        key.hasPrefix("mailroute.") ? String(key.dropFirst("mailroute.".count)) : key
+        key.hasPrefix("mailroute.") ? String(key.utf8.dropFirst("mailroute.".utf8.count))! : key
     }
 
     static func quote(_ value: String) -> String {
-        let needs = value.isEmpty || value.contains { $0 == " " || $0 == "\"" || $0 == "=" || $0.isNewline || $0 == "\\" }
-        guard needs else { return value }
-        let escaped = value.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"")
-            .replacingOccurrences(of: "\n", with: "\\n").replacingOccurrences(of: "\r", with: "\\r")
-        return "\"\(escaped)\""
+        var out = ""
+        appendQuoted(value, to: &out)
+        return out
+    }
+
+    /// Quoted when empty or holding a blank, `"`, `=`, `\` or a line break; inside quotes `\`,
+    /// `"`, CR and LF are escaped, so a value never ends the line.
+    static func appendQuoted(_ value: String, to out: inout String) {
+        var needs = value.isEmpty
+        var nonASCII = false
+        for b in value.utf8 where !needs {
+            needs = b == 0x20 || b == 0x22 || b == 0x3D || b == 0x5C || b == 0x0A || b == 0x0D || b == 0x0B || b == 0x0C
+            nonASCII = nonASCII || b >= 0x80
+        }
+        if !needs && nonASCII { needs = value.unicodeScalars.contains(where: isLineBreak) }
+        guard needs else {
+            out += value
+            return
+        }
+        out += "\""
+        for scalar in value.unicodeScalars {
+            switch scalar {
+            case "\\": out += "\\\\"
+            case "\"": out += "\\\""
+            case "\n": out += "\\n"
+            case "\r": out += "\\r"
+            case _ where isLineBreak(scalar): out += "\\u{\(String(scalar.value, radix: 16))}"
+            default: out.unicodeScalars.append(scalar)
+            }
+        }
+        out += "\""
+    }
+
+    /// Line breaks beyond CR and LF that a terminal or a log reader may honour.
+    private static func isLineBreak(_ scalar: Unicode.Scalar) -> Bool {
+        scalar == "\u{85}" || scalar == "\u{2028}" || scalar == "\u{2029}" || scalar == "\u{0B}" || scalar == "\u{0C}"
     }
 
     /// Journal fields: MESSAGE (the stderr line, so both views read alike), PRIORITY,

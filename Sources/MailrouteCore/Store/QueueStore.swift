@@ -23,8 +23,6 @@ public final class QueueStore: Sendable {
             // In WAL mode NORMAL survives a crash of any process; a power cut can at most undo
             // the last commits, which at-least-once delivery turns into a resend, not a loss.
             try db.execute(sql: "PRAGMA synchronous = NORMAL")
-            // Message bodies are read once each: mapped pages spare a copy and a syscall per page.
-            try db.execute(sql: "PRAGMA mmap_size = 268435456")
         }
         pool = try DatabasePool(path: path, configuration: configuration)
         try Migrations.migrator.migrate(pool)

@@ -132,6 +132,7 @@ public actor Dispatcher: Service {
         var lastExpiry = 0.0
         var lastHousekeeping = 0.0
         var lastPing = -Double.infinity
+        var draining = false
         let pingInterval = notifier.watchdogInterval()
         while !stop.isSet {
             let t = now()
@@ -141,11 +142,17 @@ public actor Dispatcher: Service {
                 notifier.watchdog()
             }
             // Commits by anyone (enqueuers, the CLI, our own results) show in data_version;
-            // time-based work shows in nextDue; the poll interval is only a safety net.
-            if watcher.changed() || t >= (nextDue ?? .infinity) || t - lastCycle >= settings.queue.pollIntervalSeconds {
+            // time-based work shows in nextDue; the poll interval is only a safety net. While
+            // draining, a claim waits until a pool has a quarter of its places free, so one
+            // transaction claims several messages instead of one per finished send.
+            let changed = watcher.changed()
+            let due = changed || t >= (nextDue ?? .infinity) || t - lastCycle >= settings.queue.pollIntervalSeconds
+            if due && (!draining || pools.wantsWork(perConnection: 2) || t - lastCycle >= settings.queue.pollIntervalSeconds) {
                 lastCycle = t
                 do {
-                    if try await store.hasWork(now: t) {
+                    // Idle, a cheap read first: no write transaction when nothing is due.
+                    let work = try await draining ? true : store.hasWork(now: t)
+                    if work {
                         let expire = t - lastExpiry >= 1
                         if expire { lastExpiry = t }
                         try await refreshRouting()
@@ -154,11 +161,13 @@ public actor Dispatcher: Service {
                             inFlight += 1
                             group.addTask { await self.deliver(message) }
                         }
-                        nextDue = claimed.isEmpty ? try await store.nextDueTime() : t
+                        draining = !claimed.isEmpty
+                        nextDue = draining ? t : try await store.nextDueTime()
                     } else {
                         nextDue = try await store.nextDueTime()
                     }
                 } catch {
+                    draining = false
                     logger.error("queue cycle failed", metadata: ["error": "\(error)"])
                 }
             }

@@ -28,6 +28,16 @@ struct PoolRegistry {
         return room
     }
 
+    /// While draining, whether a claim is worth a transaction: some busy pool has a quarter of
+    /// its places free again (an idle pool had its chance in the claim that found work).
+    func wantsWork(perConnection: Int) -> Bool {
+        let busy = pools.values.filter { $0.load > 0 }
+        return busy.isEmpty || busy.contains { pool in
+            let capacity = pool.limits.maxConnections * perConnection
+            return capacity - pool.load >= max(1, capacity / 4)
+        }
+    }
+
     /// nil when the configuration's password cannot be opened (no key, or another key).
     mutating func pool(for config: SMTPConfigRecord, settings: MailrouteConfiguration, secrets: SecretBox?) -> (any SMTPPool)? {
         guard let id = config.id else { return nil }

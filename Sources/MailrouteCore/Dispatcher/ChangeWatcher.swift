@@ -61,23 +61,38 @@ final class WALWatcher: @unchecked Sendable {
         var buffer = [UInt8](repeating: 0, count: 4096)
         var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
         while !stop.isSet {
-            guard poll(&pfd, 1, 500) > 0 else { continue }
-            var relevant = false
-            while true {
-                let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-                guard n > 0 else { break }
-                var offset = 0
-                while offset + MemoryLayout<inotify_event>.size <= n {
-                    let length = buffer.withUnsafeBytes { Int($0.load(fromByteOffset: offset + 12, as: UInt32.self)) }
-                    let nameStart = offset + MemoryLayout<inotify_event>.size
-                    let name = buffer[nameStart..<min(n, nameStart + length)].prefix { $0 != 0 }
-                    if names.contains(String(decoding: name, as: UTF8.self)) { relevant = true }
-                    offset = nameStart + length
-                }
+            guard poll(&pfd, 1, 500) > 0, drainEvents(&buffer) else { continue }
+            doorbell.ring()
+            // The WAL is written before the commit is published in the shared-memory index
+            // (mapped, so it makes no event), and the enqueuer's fsync comes between, which
+            // takes from microseconds to tens of milliseconds: look again 1 ms after the last
+            // write, then at intervals growing by half up to half a second, so a commit is seen
+            // within about one and a half times its fsync. A look costs a data_version read.
+            var delay: UInt32 = 1000
+            while delay <= 512_000 && !stop.isSet {
+                usleep(delay)
+                delay = drainEvents(&buffer) ? 1000 : delay * 3 / 2
+                doorbell.ring()
             }
-            if relevant { doorbell.ring() }
         }
         close(fd)
+    }
+
+    /// Reads every pending event; whether any was about the database or its WAL.
+    private func drainEvents(_ buffer: inout [UInt8]) -> Bool {
+        var relevant = false
+        while true {
+            let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            guard n > 0 else { return relevant }
+            var offset = 0
+            while offset + MemoryLayout<inotify_event>.size <= n {
+                let length = buffer.withUnsafeBytes { Int($0.load(fromByteOffset: offset + 12, as: UInt32.self)) }
+                let nameStart = offset + MemoryLayout<inotify_event>.size
+                let name = buffer[nameStart..<min(n, nameStart + length)].prefix { $0 != 0 }
+                if names.contains(String(decoding: name, as: UTF8.self)) { relevant = true }
+                offset = nameStart + length
+            }
+        }
     }
 }
 

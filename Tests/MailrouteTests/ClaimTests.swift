@@ -61,4 +61,40 @@ import Testing
         #expect(claimed.first?.resolution.step == .default)
         #expect(claimed.first?.resolution.config?.id == config.id)
     }
+
+    /// Retries join the line when their time comes, in priority order; until then they are
+    /// not in the claim's way, however many.
+    @Test func retriesWaitApartAndJoinTheLineWhenDue() async throws {
+        let now = Date().timeIntervalSince1970
+        try await store.pool.write { db in
+            let insert = try db.makeStatement(sql: "INSERT INTO messages (category, rcpt_to, subject, text_body) VALUES ('report', '[\"a@b.test\"]', 'retry', 'x')")
+            for _ in 0..<20_000 { try insert.execute() }
+            // As the daemon leaves rows after a 4xx: deferred for an hour, one of them due now.
+            try db.execute(sql: "UPDATE messages SET status = 'deferred', attempts = 1, effective_priority = 4, next_attempt_at = ?", arguments: [now + 3600])
+            try db.execute(sql: "UPDATE messages SET next_attempt_at = ? WHERE id = 7", arguments: [now - 1])
+        }
+        let fresh = try await store.pool.write { db -> Int64 in
+            try db.execute(sql: "INSERT INTO messages (category, rcpt_to, subject, text_body) VALUES ('invite', '[\"a@b.test\"]', 'new', 'x')")
+            return db.lastInsertedRowID
+        }
+        let claimed = try await store.claim(plan(now: Date().timeIntervalSince1970 + 1))
+        #expect(claimed.map(\.id) == [fresh, 7], "the invite (priority 2) first, then the due retry (4)")
+        let waiting = try await store.pool.read { db in try Int.fetchOne(db, sql: "SELECT count(*) FROM messages WHERE status = 'deferred'") }
+        #expect(waiting == 19_999)
+    }
+
+    /// The claim reads only its partial indexes: finished rows and rows waiting for later are
+    /// not in them, so they cannot slow it.
+    @Test func theClaimQueriesUseTheirPartialIndexes() async throws {
+        let plans = try await store.pool.read { db in
+            try [
+                "SELECT id FROM messages INDEXED BY messages_ready WHERE status = 'queued' AND effective_priority IS NOT NULL ORDER BY effective_priority, id LIMIT 500",
+                "UPDATE messages SET status = 'queued' WHERE status = 'deferred' AND next_attempt_at <= 0",
+                "UPDATE messages SET status = 'expired' WHERE status IN ('queued', 'deferred') AND expires_at IS NOT NULL AND expires_at <= 0",
+            ].map { sql in try Row.fetchAll(db, sql: "EXPLAIN QUERY PLAN " + sql).map { $0["detail"] as String }.joined(separator: "; ") }
+        }
+        #expect(plans[0].contains("messages_ready") && !plans[0].contains("TEMP B-TREE"), "\(plans[0])")
+        #expect(plans[1].contains("messages_waiting"), "\(plans[1])")
+        #expect(plans[2].contains("messages_expiry"), "\(plans[2])")
+    }
 }

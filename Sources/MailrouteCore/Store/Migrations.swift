@@ -295,7 +295,7 @@ enum Migrations {
     }
 
     /// Admission looks only at rows that are due, so a million rows scheduled years ahead
-    /// cost nothing until their time; every change of configurations or routes bumps one
+    /// cost nothing until their time (nor do retries waiting for theirs); every change of configurations or routes bumps one
     /// counter, so a claim can route against the routing as committed without re-reading it;
     /// and a configuration that is down keeps its probe schedule (each failed probe doubles
     /// the wait) in the database, where every daemon sees it.
@@ -306,6 +306,18 @@ enum Migrations {
         DROP INDEX messages_unadmitted;
         CREATE INDEX messages_unadmitted_due ON messages (coalesce(send_at, created_at))
             WHERE effective_priority IS NULL AND status = 'queued';
+
+        -- As Postfix keeps its active and deferred queues apart: an admitted `queued` row is due
+        -- and waits only for room; a `deferred` row waits for next_attempt_at and becomes
+        -- `queued` when it passes. Claims scan only the first, in order; neither unadmitted
+        -- rows nor retries waiting for hours are in their way.
+        DROP INDEX messages_claim;
+        DROP INDEX messages_due;
+        CREATE INDEX messages_ready ON messages (effective_priority, id)
+            WHERE status = 'queued' AND effective_priority IS NOT NULL;
+        CREATE INDEX messages_waiting ON messages (next_attempt_at) WHERE status = 'deferred';
+        CREATE INDEX messages_expiry ON messages (expires_at)
+            WHERE status IN ('queued', 'deferred') AND expires_at IS NOT NULL;
 
         CREATE TABLE routing_version (id INTEGER PRIMARY KEY CHECK (id = 1), version INTEGER NOT NULL);
         INSERT INTO routing_version (id, version) VALUES (1, 1);

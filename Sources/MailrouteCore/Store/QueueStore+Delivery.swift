@@ -67,8 +67,10 @@ extension QueueStore {
                 sql: """
                     SELECT EXISTS (SELECT 1 FROM messages INDEXED BY messages_unadmitted_due
                                    WHERE effective_priority IS NULL AND status = 'queued' AND coalesce(send_at, created_at) <= ?)
-                        OR EXISTS (SELECT 1 FROM messages INDEXED BY messages_claim
-                                   WHERE status IN ('queued', 'deferred') AND next_attempt_at <= ?)
+                        OR EXISTS (SELECT 1 FROM messages INDEXED BY messages_ready
+                                   WHERE status = 'queued' AND effective_priority IS NOT NULL)
+                        OR EXISTS (SELECT 1 FROM messages INDEXED BY messages_waiting
+                                   WHERE status = 'deferred' AND next_attempt_at <= ?)
                         OR EXISTS (SELECT 1 FROM messages WHERE status = 'sending' AND lease_until < ?)
                     """, arguments: [now, now, now]) ?? false
         }
@@ -82,7 +84,7 @@ extension QueueStore {
                 db,
                 sql: """
                     SELECT min(t) FROM (
-                        SELECT min(next_attempt_at) AS t FROM messages WHERE status IN ('queued', 'deferred')
+                        SELECT min(next_attempt_at) AS t FROM messages INDEXED BY messages_waiting WHERE status = 'deferred'
                         UNION ALL
                         SELECT min(coalesce(send_at, created_at)) FROM messages INDEXED BY messages_unadmitted_due
                         WHERE effective_priority IS NULL AND status = 'queued')
@@ -103,6 +105,10 @@ extension QueueStore {
                     WHERE status = 'sending' AND lease_until < ?
                     """, arguments: [plan.now])
             let table = try self.routing(db)
+            // Retries whose time has come join the line, in their place by priority and age.
+            try db.execute(
+                sql: "UPDATE messages SET status = 'queued' WHERE status = 'deferred' AND next_attempt_at <= ?",
+                arguments: [plan.now])
 
             let fresh = try Row.fetchAll(
                 db,
@@ -137,7 +143,7 @@ extension QueueStore {
                     sql: """
                         UPDATE messages SET status = 'expired', last_error_kind = 'expired',
                                             last_error = 'expired before it could be delivered', lease_until = NULL
-                        WHERE status IN ('queued', 'deferred') AND expires_at <= ?
+                        WHERE status IN ('queued', 'deferred') AND expires_at IS NOT NULL AND expires_at <= ?
                         """, arguments: [plan.now])
             }
 
@@ -147,10 +153,10 @@ extension QueueStore {
             let rows = try Row.fetchCursor(
                 db,
                 sql: """
-                    SELECT id, tenant, advertiser, cname, category FROM messages INDEXED BY messages_claim
-                    WHERE status IN ('queued', 'deferred') AND next_attempt_at <= ?
+                    SELECT id, tenant, advertiser, cname, category FROM messages INDEXED BY messages_ready
+                    WHERE status = 'queued' AND effective_priority IS NOT NULL
                     ORDER BY effective_priority, id LIMIT 500
-                    """, arguments: [plan.now])
+                    """)
             while !chooser.isDone, let row = try rows.next() {
                 let keys = RoutingKeys(tenant: row[1], advertiser: row[2], cname: row[3], category: row[4])
                 let resolution = Router.resolve(keys, in: table, explain: false)

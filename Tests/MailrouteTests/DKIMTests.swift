@@ -1,6 +1,7 @@
 import Crypto
 import Foundation
 import Testing
+import _CryptoExtras
 
 @testable import MailrouteCore
 
@@ -70,6 +71,21 @@ enum SHA256Hash {
 }
 
 @Suite struct DKIMKeyTests {
+    /// RSA signs through OpenSSL: PKCS#1 v1.5 is deterministic, so its signature must be one
+    /// that swift-crypto accepts for the same key, whichever PEM form the key came in.
+    @Test func rsaSignaturesFromOpenSSLVerifyWithSwiftCrypto() throws {
+        for pem in [try OpenSSLKeys.rsaPKCS1(), try OpenSSLKeys.rsaPKCS8()] {
+            let key = try DKIMKey(pem: pem, domain: "example.com", selector: "a")
+            let digest = SHA256.hash(data: Data("headers to sign".utf8))
+            let signature = try key.sign(headerHash: digest)
+            #expect(signature.count == 256)
+            let publicKey = try _RSA.Signing.PublicKey(derRepresentation: Data(base64Encoded: key.publicKeyBase64)!)
+            #expect(publicKey.isValidSignature(_RSA.Signing.RSASignature(rawRepresentation: signature), for: digest, padding: .insecurePKCS1v1_5))
+            let other = SHA256.hash(data: Data("other headers".utf8))
+            #expect(!publicKey.isValidSignature(_RSA.Signing.RSASignature(rawRepresentation: signature), for: other, padding: .insecurePKCS1v1_5))
+        }
+    }
+
     @Test func readsTheFormsOpenSSLWrites() throws {
         let pkcs1 = try DKIMKey(pem: OpenSSLKeys.rsaPKCS1(), domain: "Example.com", selector: "a")
         #expect(pkcs1.algorithm == .rsaSHA256 && pkcs1.bits == 2048 && pkcs1.domain == "example.com")

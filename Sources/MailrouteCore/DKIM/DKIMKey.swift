@@ -1,3 +1,4 @@
+import COpenSSL
 import Crypto
 import Foundation
 import _CryptoExtras
@@ -35,7 +36,9 @@ public struct DKIMKey: Sendable {
 
     private enum Signer: @unchecked Sendable {
         // Curve25519 keys are immutable values; swift-crypto 3 just does not annotate them.
-        case rsa(_RSA.Signing.PrivateKey)
+        // An RSA key is read by swift-crypto (its checks, its public key for the DNS record)
+        // and signs through OpenSSL, which is twice as fast here (`COpenSSL/shim.h`).
+        case rsa(_RSA.Signing.PrivateKey, OpenSSLKey)
         case ed25519(Curve25519.Signing.PrivateKey)
     }
 
@@ -50,11 +53,11 @@ public struct DKIMKey: Sendable {
         let (label, der) = try Self.decodePEM(pem)
         switch label {
         case "RSA PRIVATE KEY":
-            signer = .rsa(try Self.rsaKey(der))
+            signer = .rsa(try Self.rsaKey(der), try OpenSSLKey(der: der, pkcs8: false))
         case "PRIVATE KEY":
             switch try PKCS8.algorithm(of: der) {
             case PKCS8.rsaEncryption:
-                signer = .rsa(try Self.rsaKey(der))
+                signer = .rsa(try Self.rsaKey(der), try OpenSSLKey(der: der, pkcs8: true))
             case PKCS8.ed25519:
                 let seed = try PKCS8.ed25519Seed(der)
                 do {
@@ -71,7 +74,7 @@ public struct DKIMKey: Sendable {
             throw DKIMKeyError("expected a \"PRIVATE KEY\" or \"RSA PRIVATE KEY\" PEM block, found \"\(label)\"")
         }
         switch signer {
-        case .rsa(let key):
+        case .rsa(let key, _):
             algorithm = .rsaSHA256
             bits = key.keySizeInBits
             guard bits >= Self.minimumRSABits else {
@@ -100,7 +103,7 @@ public struct DKIMKey: Sendable {
     /// for Ed25519 (RFC 8463).
     public var publicKeyBase64: String {
         switch signer {
-        case .rsa(let key): key.publicKey.derRepresentation.base64EncodedString()
+        case .rsa(let key, _): key.publicKey.derRepresentation.base64EncodedString()
         case .ed25519(let key): key.publicKey.rawRepresentation.base64EncodedString()
         }
     }
@@ -130,8 +133,8 @@ public struct DKIMKey: Sendable {
     /// the same hash with PureEdDSA).
     func sign(headerHash: SHA256.Digest) throws -> [UInt8] {
         switch signer {
-        case .rsa(let key):
-            return [UInt8](try key.signature(for: headerHash, padding: .insecurePKCS1v1_5).rawRepresentation)
+        case .rsa(_, let key):
+            return try key.sign(headerHash)
         case .ed25519(let key):
             return [UInt8](try key.signature(for: Data(headerHash)))
         }
@@ -169,6 +172,31 @@ public struct DKIMKey: Sendable {
         } catch {
             throw DKIMKeyError("the RSA key cannot be read (\(error))")
         }
+    }
+}
+
+/// An RSA private key held by OpenSSL. Immutable once read, so concurrent signatures with
+/// their own contexts are safe.
+final class OpenSSLKey: @unchecked Sendable {
+    private let key: OpaquePointer
+
+    init(der: [UInt8], pkcs8: Bool) throws(DKIMKeyError) {
+        guard let key = der.withUnsafeBufferPointer({ mr_private_key_from_der($0.baseAddress, $0.count, pkcs8 ? 1 : 0) }) else {
+            throw DKIMKeyError("the RSA key cannot be read by OpenSSL")
+        }
+        self.key = key
+    }
+
+    deinit { mr_private_key_free(key) }
+
+    /// RSASSA-PKCS1-v1_5 with SHA-256: deterministic, so byte for byte what swift-crypto makes.
+    func sign(_ digest: SHA256.Digest) throws -> [UInt8] {
+        var signature = [UInt8](repeating: 0, count: 1024)
+        let length = Array(digest).withUnsafeBufferPointer { d in
+            signature.withUnsafeMutableBufferPointer { mr_rsa_sign_sha256_digest(key, d.baseAddress, d.count, $0.baseAddress, $0.count) }
+        }
+        guard length > 0 else { throw DKIMKeyError("OpenSSL could not sign with the RSA key") }
+        return Array(signature[..<Int(length)])
     }
 }
 

@@ -182,7 +182,10 @@ enum Canonical {
                     }
                     if !hasContent {
                         hasContent = true
-                        for _ in 0..<emptyLines { out += [13, 10] }
+                        for _ in 0..<emptyLines {
+                            out.append(13)
+                            out.append(10)
+                        }
                         emptyLines = 0
                     }
                     if pendingSpace { out.append(32) }
@@ -190,7 +193,8 @@ enum Canonical {
                     out.append(b)
                 }
                 if hasContent {
-                    out += [13, 10]
+                    out.append(13)
+                    out.append(10)
                 } else if terminated {
                     emptyLines += 1
                 }

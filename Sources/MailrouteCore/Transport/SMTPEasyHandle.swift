@@ -112,6 +112,11 @@ final class SMTPEasyHandle {
         return SendAttempt(result: result, reused: reused, lastCommand: capture.transcript.lastCommand)
     }
 
+    /// Drops what `beginSend` set up, for a transfer that never ran.
+    func abandonSend() {
+        clearSend()
+    }
+
     private func clearSend() {
         _ = mr_curl_setopt_slist(handle, CURLOPT_MAIL_RCPT, nil)
         set(CURLOPT_READDATA, UnsafeMutableRawPointer?.none)

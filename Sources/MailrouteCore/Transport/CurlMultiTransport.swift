@@ -1,0 +1,190 @@
+import Foundation
+
+/// Every pool's connections driven by libcurl's multi interface from one dedicated OS thread
+/// (`CurlMultiEngine`), so a thousand configurations with live connections cost a couple of
+/// threads, not a thousand. Blocking work stays off Swift's cooperative pool: transfers run
+/// non-blocking on the engine thread, probes (`.verify`) on a short-lived thread of their own,
+/// and closing cached connections (QUIT, which libcurl does blocking) on a small closer thread.
+///
+/// Each pool has its own connection cache (a `CURLSH` sharing connections), so a connection
+/// authenticated as one configuration never carries another configuration's mail.
+public struct CurlMultiTransport: SMTPTransport {
+    let engine: CurlMultiEngine
+
+    /// Pools of every `CurlMultiTransport` in the process share one engine thread.
+    public init() {
+        engine = .shared
+    }
+
+    public func makePool(name: String, endpoint: SMTPEndpoint, limits: PoolLimits) -> any SMTPPool {
+        CurlMultiPool(name: name, endpoint: endpoint, limits: limits, engine: engine)
+    }
+}
+
+/// At most `limits.maxConnections` transfers ("slots") in flight on the engine thread; further
+/// work waits in the pool's FIFO queue.
+public final class CurlMultiPool: SMTPPool {
+    public let name: String
+    public let endpoint: SMTPEndpoint
+    public let limits: PoolLimits
+    let id: Int
+    let shared: PoolShared
+    private let engine: CurlMultiEngine
+
+    init(name: String, endpoint: SMTPEndpoint, limits: PoolLimits, engine: CurlMultiEngine) {
+        self.name = name
+        self.endpoint = endpoint
+        self.limits = limits
+        self.engine = engine
+        shared = PoolShared()
+        id = engine.register(name: name, endpoint: endpoint, limits: limits, shared: shared)
+    }
+
+    deinit {
+        // Nothing can be queued (every `perform` holds the pool); idle connections QUIT now.
+        engine.submit(.release(pool: id))
+    }
+
+    public var load: Int { shared.load }
+
+    public func perform(_ work: PoolWork) async -> PoolCompletion {
+        switch work {
+        case .send(let from, let to, let data):
+            let shared = self.shared
+            return await withCheckedContinuation { continuation in
+                guard shared.admit() else {
+                    continuation.resume(returning: .notStarted)
+                    return
+                }
+                let job = CurlMultiEngine.Job(from: from, to: to, data: data) { completion in
+                    shared.finish()
+                    continuation.resume(returning: completion)
+                }
+                engine.submit(.send(pool: id, job))
+            }
+        case .verify:
+            return await verify()
+        }
+    }
+
+    /// A probe on a connection of its own, on a short-lived thread: probes are rare, and a
+    /// blocking `SMTPConnection` keeps `verify`'s one implementation.
+    private func verify() async -> PoolCompletion {
+        let shared = self.shared
+        let endpoint = self.endpoint
+        guard shared.admit(verify: true) else { return .notStarted }
+        return await withCheckedContinuation { continuation in
+            let thread = Thread {
+                nameThisThread("mailroute-probe")
+                let completion: PoolCompletion
+                switch SMTPConnection(endpoint: endpoint).verify() {
+                case .success: completion = .verified
+                case .failure(let error): completion = .failed(error)
+                }
+                shared.finish(verify: true)
+                continuation.resume(returning: completion)
+            }
+            thread.name = "mailroute-probe"
+            thread.start()
+        }
+    }
+
+    public func close(timeout: Double) async {
+        if shared.markClosed() { engine.submit(.close(pool: id)) }
+        await shared.waitUntilDrained(timeout: timeout)
+    }
+}
+
+/// What a pool's callers and the engine thread both touch, under one lock.
+final class PoolShared: @unchecked Sendable {
+    private let lock = NSLock()
+    private var _load = 0
+    private var verifying = 0
+    private var closed = false
+    /// The engine has finished the pool's transfers and closed its connections.
+    private var engineDone = false
+    private var waiters: [Int: CheckedContinuation<Void, Never>] = [:]
+    private var cancelled: Set<Int> = []
+    private var nextWaiter = 0
+
+    var load: Int { lock.withLock { _load } }
+
+    /// Counts one more piece of work in, unless the pool is closed.
+    func admit(verify: Bool = false) -> Bool {
+        lock.withLock {
+            guard !closed else { return false }
+            _load += 1
+            if verify { verifying += 1 }
+            return true
+        }
+    }
+
+    func finish(verify: Bool = false) {
+        let resume = lock.withLock { () -> [CheckedContinuation<Void, Never>] in
+            _load -= 1
+            if verify { verifying -= 1 }
+            return takeWaitersIfDrained()
+        }
+        for waiter in resume { waiter.resume() }
+    }
+
+    /// True the first time.
+    func markClosed() -> Bool {
+        lock.withLock {
+            defer { closed = true }
+            return !closed
+        }
+    }
+
+    /// Called once by the engine when the pool's connections are closed.
+    func markEngineDone() {
+        let resume = lock.withLock { () -> [CheckedContinuation<Void, Never>] in
+            engineDone = true
+            return takeWaitersIfDrained()
+        }
+        for waiter in resume { waiter.resume() }
+    }
+
+    private var drained: Bool { engineDone && verifying == 0 }
+
+    private func takeWaitersIfDrained() -> [CheckedContinuation<Void, Never>] {
+        guard drained, !waiters.isEmpty else { return [] }
+        defer { waiters.removeAll() }
+        return Array(waiters.values)
+    }
+
+    /// Returns when the pool is drained, or after `timeout` seconds.
+    func waitUntilDrained(timeout: Double) async {
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask { await self.waitUntilDrained() }
+            group.addTask { try? await Task.sleep(for: .seconds(max(0, timeout))) }
+            _ = await group.next()
+            group.cancelAll()
+        }
+    }
+
+    private func waitUntilDrained() async {
+        let id = lock.withLock { () -> Int in
+            nextWaiter += 1
+            return nextWaiter
+        }
+        await withTaskCancellationHandler {
+            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                let now = lock.withLock { () -> Bool in
+                    if drained || cancelled.remove(id) != nil { return true }
+                    waiters[id] = continuation
+                    return false
+                }
+                if now { continuation.resume() }
+            }
+        } onCancel: {
+            let waiter = lock.withLock { () -> CheckedContinuation<Void, Never>? in
+                if let waiter = waiters.removeValue(forKey: id) { return waiter }
+                // Not registered yet: tell the registration. (Once drained it resumes anyway.)
+                if !drained { cancelled.insert(id) }
+                return nil
+            }
+            waiter?.resume()
+        }
+    }
+}

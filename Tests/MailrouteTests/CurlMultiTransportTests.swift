@@ -223,6 +223,30 @@ import Testing
         await Self.closeAll([stuck, fine])
     }
 
+    @Test func aServerSlowToAnswerDataDoesNotDelayAnotherPool() async throws {
+        // Two seconds to accept each message: libcurl's own SMTP transfer would wait for that
+        // reply inside curl_multi_perform, and every pool with it.
+        let delay = 2.0
+        let slow = try SMTPTestServer.fault("--delay-data", "\(delay)")
+        let healthy = try SMTPTestServer()
+        let lagging = transport.makePool(name: "slow", endpoint: Self.endpoint(slow.port), limits: Self.limits(max: 2))
+        let fine = transport.makePool(name: "healthy", endpoint: Self.endpoint(healthy.port), limits: Self.limits(max: 2))
+        let start = Date().timeIntervalSince1970
+        async let slowResults = Self.sendAll((0..<4).map { (lagging, "slow \($0)") })
+        #expect(await eventually(timeout: 5) { slow.events().filter { $0 == "connect" }.count == 2 })
+        let healthyResults = await Self.sendAll((0..<10).map { (fine, "fine \($0)") })
+        #expect(healthyResults.values.allSatisfy(Self.isSent), "\(healthyResults)")
+        let lastArrival = try #require(healthy.messages().compactMap(\.envelope.at).max())
+        let slowDone = await slowResults
+        let slowElapsed = Date().timeIntervalSince1970 - start
+        #expect(slowDone.values.allSatisfy(Self.isSent), "\(slowDone)")
+        // By comparison: the healthy pool was done before the slow server's first answer...
+        #expect(lastArrival - start < delay, "healthy mail arrived \(lastArrival - start) s after the start")
+        // ...and the slow pool's two connections waited side by side: two rounds, not four.
+        #expect(slowElapsed >= 2 * delay - 0.5 && slowElapsed < 3.5 * delay, "\(slowElapsed) s for four slow messages")
+        await Self.closeAll([lagging, fine])
+    }
+
     // MARK: - Close
 
     @Test func closeQuitsTheConnections() async throws {

@@ -2,12 +2,12 @@ import Foundation
 
 /// Every pool's connections driven by libcurl's multi interface from one dedicated OS thread
 /// (`CurlMultiEngine`), so a thousand configurations with live connections cost a couple of
-/// threads, not a thousand. Blocking work stays off Swift's cooperative pool: transfers run
-/// non-blocking on the engine thread, probes (`.verify`) on a short-lived thread of their own,
-/// and closing cached connections (QUIT, which libcurl does blocking) on a small closer thread.
+/// threads, not a thousand. Blocking work stays off Swift's cooperative pool and off that
+/// thread: libcurl connects, secures and logs in without blocking; each message and each QUIT
+/// is a conversation the engine polls; probes (`.verify`) run on a short-lived thread.
 ///
-/// Each pool has its own connection cache (a `CURLSH` sharing connections), so a connection
-/// authenticated as one configuration never carries another configuration's mail.
+/// No pool's connection is ever in a cache another pool (or another slot) looks in, so a
+/// connection authenticated as one configuration never carries another configuration's mail.
 public struct CurlMultiTransport: SMTPTransport {
     let engine: CurlMultiEngine
 

@@ -6,7 +6,8 @@ import Foundation
 /// mapping of what libcurl reported to a `SendReport` or a `DeliveryError`.
 ///
 /// Both ways of driving it use this: `SMTPConnection` with a blocking `curl_easy_perform`
-/// (mailroutectl), and `CurlMultiTransport`'s engine thread with `curl_multi_add_handle`.
+/// (mailroutectl), and `CurlMultiTransport`'s engine thread, where libcurl only connects,
+/// secures and logs in (`connectOnly`) and `SMTPTransaction` sends the message.
 /// It is not Sendable: one thread at a time, and never during a transfer on another.
 final class SMTPEasyHandle {
     let endpoint: SMTPEndpoint
@@ -17,13 +18,16 @@ final class SMTPEasyHandle {
     private var recipients: UnsafeMutablePointer<curl_slist>?
     private var upload: UploadSource?
 
-    init(endpoint: SMTPEndpoint) {
+    /// `connectOnly`: a transfer stops after greeting, EHLO, TLS and AUTH, and leaves the
+    /// connection open for `curl_easy_send`/`curl_easy_recv` (no QUIT).
+    init(endpoint: SMTPEndpoint, connectOnly: Bool = false) {
         _ = Curl.initialized
         self.endpoint = endpoint
         handle = curl_easy_init()!
         errorBuffer = .allocate(capacity: Int(CURL_ERROR_SIZE))
         errorBuffer.initialize(repeating: 0, count: Int(CURL_ERROR_SIZE))
         configure()
+        if connectOnly { set(CURLOPT_CONNECT_ONLY, 1) }
     }
 
     deinit {
@@ -68,6 +72,19 @@ final class SMTPEasyHandle {
         _ = mr_curl_setopt_share(handle, share)
     }
 
+    /// Starts a new conversation: no transcript, no error text.
+    func resetConversation() {
+        capture.transcript.reset()
+        errorBuffer[0] = 0
+    }
+
+    /// The socket of a connect-only connection.
+    var activeSocket: curl_socket_t {
+        var socket: curl_socket_t = -1
+        _ = mr_curl_getinfo_socket(handle, &socket)
+        return socket
+    }
+
     // MARK: - One send
 
     /// Sets up the next transfer to send one message. `data` is the complete RFC 5322 message
@@ -103,10 +120,7 @@ final class SMTPEasyHandle {
         if code != 0 {
             result = .failure(failure(code))
         } else {
-            let transcript = capture.transcript
-            let refused = transcript.recipientReplies.filter { $0.reply.code >= 400 }
-                .map { RefusedRecipient(address: $0.address, reply: $0.reply.line, temporary: $0.reply.isTemporary) }
-            result = .success(SendReport(reply: transcript.lastReply, refused: refused, newConnection: !reused))
+            result = .success(SendReport(capture.transcript, newConnection: !reused))
         }
         clearSend()
         return SendAttempt(result: result, reused: reused, lastCommand: capture.transcript.lastCommand)
@@ -173,6 +187,15 @@ public struct SendReport: Sendable, Equatable {
     public var refused: [RefusedRecipient]
     /// Whether this send opened a new connection rather than reusing one.
     public var newConnection: Bool
+}
+
+extension SendReport {
+    /// What a successful send's conversation says: the final reply, and the recipients refused.
+    init(_ transcript: SMTPTranscript, newConnection: Bool) {
+        let refused = transcript.recipientReplies.filter { $0.reply.code >= 400 }
+            .map { RefusedRecipient(address: $0.address, reply: $0.reply.line, temporary: $0.reply.isTemporary) }
+        self.init(reply: transcript.lastReply, refused: refused, newConnection: newConnection)
+    }
 }
 
 public struct RefusedRecipient: Sendable, Equatable, Codable {

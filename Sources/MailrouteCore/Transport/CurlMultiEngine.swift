@@ -347,7 +347,8 @@ final class CurlMultiEngine: @unchecked Sendable {
     /// A reply that ends the transaction: the connection is still sound, and QUITs.
     private func refused(_ slot: Slot, code: Int, message: String, response: Int, now: Double) {
         let error = FailureClassifier.classify(
-            curlCode: code, errorMessage: message, responseCode: response, transcript: slot.easy.transcript)
+            curlCode: code, errorMessage: message, responseCode: response, transcript: slot.easy.transcript,
+            reusedConnection: slot.reused)
         slot.transaction = nil
         slot.phase = .idle
         // libcurl closes the connection after a refused MAIL or RCPT; so do we, politely.
@@ -362,10 +363,12 @@ final class CurlMultiEngine: @unchecked Sendable {
         var response = 0
         if let reply = slot.easy.transcript.lastReply { response = reply.code }
         close(slot)
+        slot.phase = .idle
         switch phase {
         case .sending:
             let error = FailureClassifier.classify(
-                curlCode: code, errorMessage: message, responseCode: response, transcript: slot.easy.transcript)
+                curlCode: code, errorMessage: message, responseCode: response, transcript: slot.easy.transcript,
+                reusedConnection: slot.reused)
             let attempt = SendAttempt(result: .failure(error), reused: slot.reused, lastCommand: slot.easy.transcript.lastCommand)
             if attempt.retryOnFreshConnection && !slot.retried {
                 slot.retried = true

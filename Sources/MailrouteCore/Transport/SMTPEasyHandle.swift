@@ -118,7 +118,7 @@ final class SMTPEasyHandle {
         let reused = connects == 0
         let result: Result<SendReport, DeliveryError>
         if code != 0 {
-            result = .failure(failure(code))
+            result = .failure(failure(code, reusedConnection: reused))
         } else {
             result = .success(SendReport(capture.transcript, newConnection: !reused))
         }
@@ -140,13 +140,14 @@ final class SMTPEasyHandle {
     }
 
     /// The failure a non-zero CURLcode stands for, from libcurl's words and the conversation.
-    func failure(_ code: Int) -> DeliveryError {
+    func failure(_ code: Int, reusedConnection: Bool = false) -> DeliveryError {
         var response = 0
         _ = mr_curl_getinfo_long(handle, CURLINFO_RESPONSE_CODE, &response)
         let message = String(cString: errorBuffer)
         errorBuffer[0] = 0
         return FailureClassifier.classify(
-            curlCode: code, errorMessage: message, responseCode: response, transcript: capture.transcript)
+            curlCode: code, errorMessage: message, responseCode: response, transcript: capture.transcript,
+            reusedConnection: reusedConnection)
     }
 
     // MARK: - Options

@@ -48,50 +48,69 @@ public final class CurlMultiPool: SMTPPool {
     public var load: Int { shared.load }
 
     public func perform(_ work: PoolWork) async -> PoolCompletion {
+        await withCheckedContinuation { continuation in
+            submit(work) { continuation.resume(returning: $0) }
+        }
+    }
+
+    /// `perform` without Swift concurrency: `done` runs once, on the engine thread or the
+    /// probe's (tests time completions there, where no busy cooperative pool delays them).
+    func submit(_ work: PoolWork, done: @escaping @Sendable (PoolCompletion) -> Void) {
         switch work {
         case .send(let from, let to, let data):
             let shared = self.shared
-            return await withCheckedContinuation { continuation in
-                guard shared.admit() else {
-                    continuation.resume(returning: .notStarted)
-                    return
-                }
-                let job = CurlMultiEngine.Job(from: from, to: to, data: data) { completion in
-                    shared.finish()
-                    continuation.resume(returning: completion)
-                }
-                engine.submit(.send(pool: id, job))
+            guard shared.admit() else {
+                done(.notStarted)
+                return
             }
+            engine.submit(.send(pool: id, CurlMultiEngine.Job(from: from, to: to, data: data) { completion in
+                shared.finish()
+                done(completion)
+            }))
         case .verify:
-            return await verify()
+            verify(done: done)
         }
     }
 
     /// A probe on a connection of its own, on a short-lived thread: probes are rare, and a
     /// blocking `SMTPConnection` keeps `verify`'s one implementation.
-    private func verify() async -> PoolCompletion {
+    private func verify(done: @escaping @Sendable (PoolCompletion) -> Void) {
         let shared = self.shared
         let endpoint = self.endpoint
-        guard shared.admit(verify: true) else { return .notStarted }
-        return await withCheckedContinuation { continuation in
-            let thread = Thread {
-                nameThisThread("mailroute-probe")
-                let completion: PoolCompletion
-                switch SMTPConnection(endpoint: endpoint).verify() {
-                case .success: completion = .verified
-                case .failure(let error): completion = .failed(error)
-                }
-                shared.finish(verify: true)
-                continuation.resume(returning: completion)
-            }
-            thread.name = "mailroute-probe"
-            thread.start()
+        guard shared.admit(verify: true) else {
+            done(.notStarted)
+            return
         }
+        let thread = Thread {
+            nameThisThread("mailroute-probe")
+            let completion: PoolCompletion
+            switch SMTPConnection(endpoint: endpoint).verify() {
+            case .success: completion = .verified
+            case .failure(let error): completion = .failed(error)
+            }
+            shared.finish(verify: true)
+            done(completion)
+        }
+        thread.name = "mailroute-probe"
+        thread.start()
     }
 
     public func close(timeout: Double) async {
-        if shared.markClosed() { engine.submit(.close(pool: id)) }
+        beginClosing()
         await shared.waitUntilDrained(timeout: timeout)
+    }
+
+    /// `close` for a caller on a thread of its own, which may block: true when the pool was
+    /// drained within `timeout` (tests time closing this way, free of the cooperative pool).
+    func closeAndWait(timeout: Double) -> Bool {
+        beginClosing()
+        let drained = DispatchSemaphore(value: 0)
+        shared.whenDrained { drained.signal() }
+        return drained.wait(timeout: .now() + max(0, timeout)) == .success
+    }
+
+    private func beginClosing() {
+        if shared.markClosed() { engine.submit(.close(pool: id)) }
     }
 }
 
@@ -101,9 +120,9 @@ final class PoolShared: @unchecked Sendable {
     private var _load = 0
     private var verifying = 0
     private var closed = false
-    /// The engine has finished the pool's transfers and closed its connections.
+    /// The engine has finished the pool's sends and closed its connections.
     private var engineDone = false
-    private var waiters: [Int: CheckedContinuation<Void, Never>] = [:]
+    private var waiters: [Int: @Sendable () -> Void] = [:]
     private var cancelled: Set<Int> = []
     private var nextWaiter = 0
 
@@ -120,12 +139,12 @@ final class PoolShared: @unchecked Sendable {
     }
 
     func finish(verify: Bool = false) {
-        let resume = lock.withLock { () -> [CheckedContinuation<Void, Never>] in
+        let ready = lock.withLock { () -> [@Sendable () -> Void] in
             _load -= 1
             if verify { verifying -= 1 }
             return takeWaitersIfDrained()
         }
-        for waiter in resume { waiter.resume() }
+        for waiter in ready { waiter() }
     }
 
     /// True the first time.
@@ -138,19 +157,42 @@ final class PoolShared: @unchecked Sendable {
 
     /// Called once by the engine when the pool's connections are closed.
     func markEngineDone() {
-        let resume = lock.withLock { () -> [CheckedContinuation<Void, Never>] in
+        let ready = lock.withLock { () -> [@Sendable () -> Void] in
             engineDone = true
             return takeWaitersIfDrained()
         }
-        for waiter in resume { waiter.resume() }
+        for waiter in ready { waiter() }
     }
 
     private var drained: Bool { engineDone && verifying == 0 }
 
-    private func takeWaitersIfDrained() -> [CheckedContinuation<Void, Never>] {
+    private func takeWaitersIfDrained() -> [@Sendable () -> Void] {
         guard drained, !waiters.isEmpty else { return [] }
         defer { waiters.removeAll() }
         return Array(waiters.values)
+    }
+
+    /// Calls `callback` once the pool is drained (at once if it is).
+    func whenDrained(_ callback: @escaping @Sendable () -> Void) {
+        register(callback)
+    }
+
+    /// Keeps `callback` for when the pool is drained, or calls it now: drained already, or the
+    /// wait `id` was cancelled before it got here.
+    private func register(_ callback: @escaping @Sendable () -> Void, id: Int? = nil) {
+        let now = lock.withLock { () -> Bool in
+            if drained { return true }
+            let id = id ?? nextID()
+            if cancelled.remove(id) != nil { return true }
+            waiters[id] = callback
+            return false
+        }
+        if now { callback() }
+    }
+
+    private func nextID() -> Int {
+        nextWaiter += 1
+        return nextWaiter
     }
 
     /// Returns when the pool is drained, or after `timeout` seconds.
@@ -164,27 +206,19 @@ final class PoolShared: @unchecked Sendable {
     }
 
     private func waitUntilDrained() async {
-        let id = lock.withLock { () -> Int in
-            nextWaiter += 1
-            return nextWaiter
-        }
+        let id = lock.withLock { nextID() }
         await withTaskCancellationHandler {
             await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-                let now = lock.withLock { () -> Bool in
-                    if drained || cancelled.remove(id) != nil { return true }
-                    waiters[id] = continuation
-                    return false
-                }
-                if now { continuation.resume() }
+                register({ continuation.resume() }, id: id)
             }
         } onCancel: {
-            let waiter = lock.withLock { () -> CheckedContinuation<Void, Never>? in
+            let waiter = lock.withLock { () -> (@Sendable () -> Void)? in
                 if let waiter = waiters.removeValue(forKey: id) { return waiter }
                 // Not registered yet: tell the registration. (Once drained it resumes anyway.)
                 if !drained { cancelled.insert(id) }
                 return nil
             }
-            waiter?.resume()
+            waiter?()
         }
     }
 }

@@ -124,6 +124,31 @@ import Testing
         Self.close([first, second])
     }
 
+    @Test func aLargeMessageOverStartTLSArrivesByteForByte() throws {
+        let server = try SMTPTestServer(.init(starttls: true, auth: ("alice", "alice-secret")))
+        let pool = transport.makePool(
+            name: "large", endpoint: Self.endpoint(server.port, security: .starttls, user: "alice", password: "alice-secret"),
+            limits: Self.limits(max: 1))
+        // 4 MB in 76-byte lines, some starting with a dot: many partial TLS writes, and stuffing.
+        var text = "From: <sender@acme.test>\r\nTo: <rcpt@example.com>\r\nSubject: large\r\n\r\n"
+        var i = 0
+        while text.utf8.count < 4_000_000 {
+            text += (i % 7 == 0 ? "." : "") + String(repeating: Character(UnicodeScalar(65 + i % 26)!), count: 74) + "\r\n"
+            i += 1
+        }
+        let bytes = Array(text.utf8)
+        let timeline = Timeline()
+        (pool as! CurlMultiPool).submit(.send(from: "sender@acme.test", to: ["rcpt@example.com"], data: bytes)) { completion in
+            timeline.record("large", completion)
+        }
+        #expect(waitUntil(timeout: 60) { timeline.count == 1 })
+        #expect(Self.isSent(timeline.all.first?.completion), "\(String(describing: timeline.all.first?.completion))")
+        let received = try #require(server.messages().first)
+        #expect(received.data == Data(bytes), "\(received.data.count) bytes arrived of \(bytes.count)")
+        #expect(received.envelope.login == "alice")
+        Self.close([pool])
+    }
+
     // MARK: - Reuse and limits
 
     @Test func sequentialSendsReuseOneConnection() throws {
@@ -421,11 +446,13 @@ final class Timeline: @unchecked Sendable {
     func submit(_ sends: [(any SMTPPool, String)]) {
         for (pool, subject) in sends {
             let work = PoolWork.send(from: "sender@acme.test", to: ["rcpt@example.com"], data: CurlMultiTransportTests.message(subject))
-            (pool as! CurlMultiPool).submit(work) { [self] completion in
-                let entry = Entry(subject: subject, completion: completion, at: Date().timeIntervalSince1970)
-                lock.withLock { entries.append(entry) }
-            }
+            (pool as! CurlMultiPool).submit(work) { [self] completion in record(subject, completion) }
         }
+    }
+
+    func record(_ subject: String, _ completion: PoolCompletion) {
+        let entry = Entry(subject: subject, completion: completion, at: Date().timeIntervalSince1970)
+        lock.withLock { entries.append(entry) }
     }
 
     var count: Int { lock.withLock { entries.count } }

@@ -287,6 +287,7 @@ final class CurlMultiEngine: @unchecked Sendable {
                     lost(slot, code: Int(code.rawValue), message: "Send failure: \(String(cString: curl_easy_strerror(code)))", now: now)
                     return
                 }
+                guard sent > 0 else { break }
                 slot.wrote(sent)
                 progressed = true
                 // Progress resets the clock, as CURLOPT_LOW_SPEED_TIME would during an upload.
@@ -312,6 +313,15 @@ final class CurlMultiEngine: @unchecked Sendable {
             guard var transaction = slot.transaction else { return }
             let event = transaction.receive(bytes, &slot.easy.capture.transcript)
             slot.transaction = transaction
+            // A final reply before the whole message went out (a server cutting DATA short)
+            // leaves the conversation out of step: that connection is closed, not reused.
+            let outOfStep: Bool
+            if case .finished = event, slot.hasOutput {
+                slot.clearOutput()
+                outOfStep = true
+            } else {
+                outOfStep = false
+            }
             switch event {
             case .wait:
                 break
@@ -320,7 +330,9 @@ final class CurlMultiEngine: @unchecked Sendable {
                 slot.deadline = now + slot.pool.endpoint.commandTimeoutSeconds
             case .finished(.accepted):
                 sent(slot, now: now)
+                if outOfStep { close(slot) }
             case .finished(.failed(let code, let message, let response)):
+                if outOfStep { close(slot) }
                 refused(slot, code: code, message: message, response: response, now: now)
             }
         case .quitting:
@@ -363,7 +375,6 @@ final class CurlMultiEngine: @unchecked Sendable {
         var response = 0
         if let reply = slot.easy.transcript.lastReply { response = reply.code }
         close(slot)
-        slot.phase = .idle
         switch phase {
         case .sending:
             let error = FailureClassifier.classify(
@@ -419,7 +430,6 @@ final class CurlMultiEngine: @unchecked Sendable {
 
     private func quitDone(_ slot: Slot) {
         close(slot)
-        slot.phase = .idle
         dirty.insert(slot.pool.id)
     }
 
@@ -432,6 +442,7 @@ final class CurlMultiEngine: @unchecked Sendable {
         slot.connection = nil
         slot.transaction = nil
         slot.clearOutput()
+        slot.phase = .idle
     }
 
     /// The slot's handle and share go; its cache is empty, so this waits for nothing.

@@ -33,6 +33,26 @@ static inline CURLcode mr_curl_getinfo_socket(CURL *h, curl_socket_t *out) {
     return curl_easy_getinfo(h, CURLINFO_ACTIVESOCKET, out);
 }
 
+static inline CURLcode mr_curl_setopt_share(CURL *h, CURLSH *share) {
+    return curl_easy_setopt(h, CURLOPT_SHARE, share);
+}
+
+// The multi interface. curl_multi_poll, _wakeup, _perform, _info_read, _add_handle and
+// _remove_handle are not variadic and import as they are.
+static inline CURLMcode mr_curl_multi_setopt_long(CURLM *m, CURLMoption o, long v) {
+    return curl_multi_setopt(m, o, v);
+}
+/// The CURLcode of a CURLMSG_DONE message (a union member Swift sees awkwardly).
+static inline CURLcode mr_curl_msg_result(const CURLMsg *msg) {
+    return msg->data.result;
+}
+
+// Share objects. A share with CURL_LOCK_DATA_CONNECT is a connection cache of its own: an
+// easy handle that has it uses it instead of the multi handle's (lib/multi.c, 7.88).
+static inline CURLSHcode mr_curl_share_connections(CURLSH *s) {
+    return curl_share_setopt(s, CURLSHOPT_SHARE, CURL_LOCK_DATA_CONNECT);
+}
+
 // Spelled with three L in 7.88's headers; newer releases add the two-L alias.
 static inline CURLoption mr_curl_opt_mail_rcpt_allowfails(void) {
     return CURLOPT_MAIL_RCPT_ALLLOWFAILS;

@@ -296,7 +296,9 @@ final class SinkServer: @unchecked Sendable {
     let directory: URL
     private let process: Process
 
-    init() throws {
+    /// `backlog`: connections the kernel queues before smtp-sink accepts them; `sessions`:
+    /// how many it serves at once (smtp-sink's `-m`, 256 by default; the rest wait unanswered).
+    init(backlog: Int = 64, sessions: Int = 256) throws {
         directory = Paths.temporaryDirectory("sink")
         let dumps = directory.appendingPathComponent("dumps")
         // smtp-sink writes its dumps as `nobody`.
@@ -307,7 +309,7 @@ final class SinkServer: @unchecked Sendable {
             let port = closedPort()
             let process = Process()
             process.executableURL = URL(fileURLWithPath: "/usr/sbin/smtp-sink")
-            process.arguments = ["-u", "nobody", "-d", dumps.path + "/", "127.0.0.1:\(port)", "64"]
+            process.arguments = ["-u", "nobody", "-m", "\(sessions)", "-d", dumps.path + "/", "127.0.0.1:\(port)", "\(backlog)"]
             process.standardOutput = FileHandle.nullDevice
             process.standardError = FileHandle.nullDevice
             try process.run()

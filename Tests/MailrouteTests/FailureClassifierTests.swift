@@ -100,6 +100,20 @@ import Testing
         #expect(slow.isTemporary)
     }
 
+    @Test func aReusedConnectionBreakingIsLostNotUnreachable() {
+        // The transcript of a send on a reused connection starts at MAIL: the greeting was an
+        // earlier send's. Without knowing that, a drop reads like a server that never answered.
+        let mail: [(SMTPTranscript.Direction, String)] = [(.client, "MAIL FROM:<a@b.c>")]
+        #expect(classify(56, "response reading failed", mail).kind == .connectionFailed)
+        let lost = FailureClassifier.classify(
+            curlCode: 56, errorMessage: "response reading failed", responseCode: 0, transcript: transcript(mail), reusedConnection: true)
+        #expect(lost.kind == .connectionLost)
+        #expect(lost.isTemporary && !lost.isConfigurationLevel)
+        let slow = FailureClassifier.classify(
+            curlCode: 28, errorMessage: "server response timeout", responseCode: 0, transcript: transcript(mail), reusedConnection: true)
+        #expect(slow.kind == .timeout)
+    }
+
     @Test func transcriptRedactsCredentials() {
         let t = transcript(greeted + [
             (.client, "AUTH PLAIN AGFsaWNlAHMzY3JldA=="), (.server, "235 ok"),

@@ -4,7 +4,8 @@
 Binds an ephemeral port and prints "PORT <n>" once it listens. Each accepted message
 is written to --out as N.eml (the DATA bytes) and N.json (envelope, login). Events
 (connect, disconnect) are appended to --out/events.jsonl, so tests can count
-connections. Runs until killed.
+connections. --auth may be given more than once: each USER:PASSWORD can log in, and
+N.json records which one did. Runs until killed.
 """
 import argparse
 import asyncio
@@ -13,6 +14,7 @@ import os
 import signal
 import ssl
 import sys
+import time
 
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 
@@ -24,7 +26,7 @@ def parse_args():
     p.add_argument("--key")
     p.add_argument("--starttls", action="store_true", help="offer (and require) STARTTLS")
     p.add_argument("--implicit-tls", action="store_true", help="TLS from the first byte")
-    p.add_argument("--auth", help="USER:PASSWORD required to send")
+    p.add_argument("--auth", action="append", default=[], help="USER:PASSWORD that may log in (repeatable); required to send")
     p.add_argument("--reject-from", action="append", default=[])
     p.add_argument("--reject-rcpt", action="append", default=[])
     p.add_argument("--tempfail-rcpt", action="append", default=[])
@@ -66,7 +68,8 @@ class Handler:
         with open(base + ".eml.tmp", "wb") as f:
             f.write(envelope.original_content or envelope.content)
         with open(base + ".json", "w") as f:
-            json.dump({"mail_from": envelope.mail_from, "rcpt_tos": envelope.rcpt_tos, "login": session.auth_data}, f)
+            json.dump({"mail_from": envelope.mail_from, "rcpt_tos": envelope.rcpt_tos, "login": session.auth_data,
+                       "at": time.time()}, f)
         # The .eml appears last and whole: tests poll for it.
         os.rename(base + ".eml.tmp", base + ".eml")
         return "250 2.0.0 Ok: queued as TEST%06d" % n
@@ -87,9 +90,11 @@ class CountingSMTP(SMTP):
 
 
 def authenticator(server, session, envelope, mechanism, auth_data):
-    user, password = args.auth.split(":", 1)
-    if isinstance(auth_data, LoginPassword) and auth_data.login.decode() == user and auth_data.password.decode() == password:
-        return AuthResult(success=True, auth_data=user)
+    if isinstance(auth_data, LoginPassword):
+        for login in args.auth:
+            user, password = login.split(":", 1)
+            if auth_data.login.decode() == user and auth_data.password.decode() == password:
+                return AuthResult(success=True, auth_data=user)
     # handled=False makes aiosmtpd answer 535; True would leave the client waiting.
     return AuthResult(success=False, handled=False)
 

@@ -9,7 +9,9 @@ Faults (counted across all connections):
   --greeting CODE          answer the greeting with CODE and close
   --tempfail-data N        answer the Nth DATA's end with 451 (others 250)
   --reject-data            answer every DATA's end with 554
+  --delay-data SECONDS     wait that long before answering each DATA's end
   --cut-data N             close the connection in the middle of the Nth message
+  --drop-after N           close the connection after accepting the Nth message
   --reject-rcpt ADDR       550 for that recipient (repeatable)
   --tempfail-rcpt ADDR     450 for that recipient (repeatable)
 """
@@ -27,7 +29,9 @@ p.add_argument("--silent", action="store_true")
 p.add_argument("--greeting", type=int)
 p.add_argument("--tempfail-data", type=int, default=0)
 p.add_argument("--reject-data", action="store_true")
+p.add_argument("--delay-data", type=float, default=0)
 p.add_argument("--cut-data", type=int, default=0)
+p.add_argument("--drop-after", type=int, default=0)
 p.add_argument("--reject-rcpt", action="append", default=[])
 p.add_argument("--tempfail-rcpt", action="append", default=[])
 args = p.parse_args()
@@ -99,6 +103,8 @@ async def session(reader, writer):
                     if not chunk:
                         return
                     data += chunk
+                if args.delay_data:
+                    await asyncio.sleep(args.delay_data)
                 if n == args.tempfail_data:
                     writer.write(b"451 4.3.0 Error: queue file write error\r\n")
                 elif args.reject_data:
@@ -106,6 +112,10 @@ async def session(reader, writer):
                 else:
                     stored = store(mail_from, rcpts, data[:-3].replace(b"\r\n..", b"\r\n."))
                     writer.write(b"250 2.0.0 Ok: queued as FAULT%06d\r\n" % stored)
+                    if n == args.drop_after:
+                        await writer.drain()
+                        event("drop")
+                        return
             elif verb == "RSET":
                 mail_from, rcpts = None, []
                 writer.write(b"250 2.0.0 Ok\r\n")

@@ -31,7 +31,8 @@ public struct MailrouteDaemon: Sendable {
         // A SIGHUP before the reload service listens must not kill the daemon (its default action).
         signal(SIGHUP, SIG_IGN)
         let notifier = SystemdNotifier()
-        let dispatcher = try Dispatcher(settings: settings, store: store, secrets: secrets, logger: logger, notifier: notifier)
+        let dispatcher = try Dispatcher(
+            settings: settings, store: store, secrets: secrets, logger: logger, notifier: notifier, transport: CurlMultiTransport())
         let platform = settings.platform
         logger.info(
             "started",

@@ -6,8 +6,8 @@ import ServiceLifecycle
 /// the claim), hands each to a `Delivery`, probes configurations that are down, and keeps
 /// systemd informed (SPEC §3, §4, §7).
 ///
-/// It never blocks a cooperative thread: SQLite work goes through GRDB's async API and SMTP
-/// through the transport's pools, which own their threads.
+/// It never blocks a cooperative thread: SQLite work goes through GRDB's async API and
+/// SMTP through pools whose transport keeps the waiting off it (`CurlMultiTransport`: one engine thread).
 public actor Dispatcher: Service {
     private(set) var settings: MailrouteConfiguration
     let store: QueueStore
@@ -36,7 +36,7 @@ public actor Dispatcher: Service {
 
     public init(
         settings: MailrouteConfiguration, store: QueueStore, secrets: SecretBox?, logger: Logger,
-        notifier: SystemdNotifier = SystemdNotifier(), transport: any SMTPTransport = ThreadedTransport(),
+        notifier: SystemdNotifier = SystemdNotifier(), transport: any SMTPTransport = CurlMultiTransport(),
         now: @escaping @Sendable () -> Double = { Date().timeIntervalSince1970 },
         random: @escaping @Sendable () -> Double = { Double.random(in: 0..<1) }
     ) throws {
@@ -341,7 +341,8 @@ public actor Dispatcher: Service {
 
     func platformPool() -> any SMTPPool { pools.platformPool(settings: settings, password: platformPassword) }
 
-    /// Shutdown: every pool at once, each finishing its sends in hand and QUITting.
+    /// Shutdown: every pool at once, each finishing its sends in hand and QUITting (a
+    /// thousand pools QUITting in turn would outlast TimeoutStopSec).
     private func closeAllPools() async {
         let all = pools.retireAll() + retired
         retired.removeAll()

@@ -35,11 +35,14 @@ public enum FailureClassifier {
         Code.sslPinnedPubKeyNotMatch, Code.sslInvalidCertStatus,
     ]
 
+    /// `reusedConnection`: the send ran on a connection opened (and greeted) by an earlier
+    /// one, whose conversation is not in `transcript`. Such a connection breaking, or falling
+    /// silent, is a lost connection or a slow server, never a server we cannot reach.
     public static func classify(
-        curlCode: Int, errorMessage: String, responseCode: Int, transcript: SMTPTranscript
+        curlCode: Int, errorMessage: String, responseCode: Int, transcript: SMTPTranscript, reusedConnection: Bool = false
     ) -> DeliveryError {
         let reply = transcript.lastReply
-        let heardServer = !transcript.serverLines.isEmpty
+        let heardServer = reusedConnection || !transcript.serverLines.isEmpty
         let curlText = errorMessage.isEmpty ? "libcurl error \(curlCode)" : errorMessage
 
         func fromReply(_ kind: DeliveryError.Kind) -> DeliveryError {

@@ -11,6 +11,8 @@ final class SMTPTestServer: @unchecked Sendable {
         var starttls = false
         var implicitTLS = false
         var auth: (user: String, password: String)?
+        /// More logins the server accepts besides `auth`.
+        var moreLogins: [(user: String, password: String)] = []
         var rejectFrom: [String] = []
         var rejectRecipients: [String] = []
         var tempfailRecipients: [String] = []
@@ -26,6 +28,7 @@ final class SMTPTestServer: @unchecked Sendable {
         if options.starttls { arguments.append("--starttls") }
         if options.implicitTLS { arguments.append("--implicit-tls") }
         if let auth = options.auth { arguments += ["--auth", "\(auth.user):\(auth.password)"] }
+        for login in options.moreLogins { arguments += ["--auth", "\(login.user):\(login.password)"] }
         for a in options.rejectFrom { arguments += ["--reject-from", a] }
         for a in options.rejectRecipients { arguments += ["--reject-rcpt", a] }
         for a in options.tempfailRecipients { arguments += ["--tempfail-rcpt", a] }
@@ -92,6 +95,17 @@ final class SMTPTestServer: @unchecked Sendable {
         }
     }
 
+    /// The most connections the server had open at once, from its events in order.
+    func maxConcurrentConnections() -> Int {
+        var open = 0, most = 0
+        for event in events() {
+            if event == "connect" { open += 1 }
+            if event == "disconnect" { open -= 1 }
+            most = max(most, open)
+        }
+        return most
+    }
+
     /// Server-side events (`connect`, `quit`, `disconnect`).
     func events() -> [String] {
         let text = (try? String(contentsOf: outDirectory.appendingPathComponent("events.jsonl"), encoding: .utf8)) ?? ""
@@ -106,6 +120,8 @@ struct ReceivedMessage {
         var mail_from: String
         var rcpt_tos: [String]
         var login: String?
+        /// When the server accepted it (Unix time); aiosmtpd only.
+        var at: Double?
     }
     var data: Data
     var envelope: Envelope

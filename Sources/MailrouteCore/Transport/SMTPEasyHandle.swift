@@ -1,0 +1,252 @@
+import CCurl
+import Foundation
+
+/// One libcurl easy handle set up for one endpoint: the one place for the curl options of an
+/// SMTP transfer, the transcript the debug callback captures, the per-send options and the
+/// mapping of what libcurl reported to a `SendReport` or a `DeliveryError`.
+///
+/// Both ways of driving it use this: `SMTPConnection` with a blocking `curl_easy_perform`
+/// (mailroutectl), and `CurlMultiTransport`'s engine thread, where libcurl only connects,
+/// secures and logs in (`connectOnly`) and `SMTPTransaction` sends the message.
+/// It is not Sendable: one thread at a time, and never during a transfer on another.
+final class SMTPEasyHandle {
+    let endpoint: SMTPEndpoint
+    let handle: UnsafeMutableRawPointer
+    private let errorBuffer: UnsafeMutablePointer<CChar>
+    let capture = TranscriptCapture()
+    /// What a transfer in progress reads from: the recipient list and the message bytes.
+    private var recipients: UnsafeMutablePointer<curl_slist>?
+    private var upload: UploadSource?
+
+    /// `connectOnly`: a transfer stops after greeting, EHLO, TLS and AUTH, and leaves the
+    /// connection open for `curl_easy_send`/`curl_easy_recv` (no QUIT).
+    init(endpoint: SMTPEndpoint, connectOnly: Bool = false) {
+        _ = Curl.initialized
+        self.endpoint = endpoint
+        handle = curl_easy_init()!
+        errorBuffer = .allocate(capacity: Int(CURL_ERROR_SIZE))
+        errorBuffer.initialize(repeating: 0, count: Int(CURL_ERROR_SIZE))
+        configure()
+        if connectOnly { set(CURLOPT_CONNECT_ONLY, 1) }
+    }
+
+    deinit {
+        // With the easy interface this QUITs an open connection politely; a handle that used a
+        // share leaves its connections to the share.
+        curl_easy_cleanup(handle)
+        curl_slist_free_all(recipients)
+        errorBuffer.deallocate()
+    }
+
+    var transcript: SMTPTranscript { capture.transcript }
+
+    private func configure() {
+        set(CURLOPT_URL, endpoint.url)
+        set(CURLOPT_NOSIGNAL, 1)
+        set(CURLOPT_ERRORBUFFER, UnsafeMutableRawPointer(errorBuffer))
+        set(CURLOPT_CONNECTTIMEOUT_MS, Int(endpoint.connectTimeoutSeconds * 1000))
+        set(CURLOPT_SERVER_RESPONSE_TIMEOUT, max(1, Int(endpoint.commandTimeoutSeconds.rounded(.up))))
+        // A server that stops reading our DATA is caught here, not by a reply timeout.
+        set(CURLOPT_LOW_SPEED_LIMIT, 1)
+        set(CURLOPT_LOW_SPEED_TIME, max(1, Int(endpoint.commandTimeoutSeconds.rounded(.up))))
+        set(CURLOPT_MAXAGE_CONN, max(1, Int(endpoint.maxIdleSeconds)))
+        switch endpoint.security {
+        case .starttls: set(CURLOPT_USE_SSL, Int(CURLUSESSL_ALL.rawValue))
+        case .tls: break
+        case .none: set(CURLOPT_USE_SSL, Int(CURLUSESSL_NONE.rawValue))
+        }
+        if let caFile = endpoint.caFile { set(CURLOPT_CAINFO, caFile) }
+        if let username = endpoint.username {
+            set(CURLOPT_USERNAME, username)
+            set(CURLOPT_PASSWORD, endpoint.password ?? "")
+        }
+        // The debug callback only fires in verbose mode; it is our only view of the replies.
+        set(CURLOPT_VERBOSE, 1)
+        _ = mr_curl_setopt_debug_function(handle, Curl.debugCallback)
+        set(CURLOPT_DEBUGDATA, Unmanaged.passUnretained(capture).toOpaque())
+    }
+
+    /// The connection cache this handle takes connections from and returns them to, when it
+    /// runs in a multi handle. Set only while the handle is not in one.
+    func setShare(_ share: UnsafeMutableRawPointer?) {
+        _ = mr_curl_setopt_share(handle, share)
+    }
+
+    /// Starts a new conversation: no transcript, no error text.
+    func resetConversation() {
+        capture.transcript.reset()
+        errorBuffer[0] = 0
+    }
+
+    /// The socket of a connect-only connection.
+    var activeSocket: curl_socket_t {
+        var socket: curl_socket_t = -1
+        _ = mr_curl_getinfo_socket(handle, &socket)
+        return socket
+    }
+
+    // MARK: - One send
+
+    /// Sets up the next transfer to send one message. `data` is the complete RFC 5322 message
+    /// with CRLF line ends. `freshConnection` opens a new connection whatever the cache
+    /// holds; `closeAfter` closes (QUITs) the connection when the transfer is done.
+    func beginSend(from sender: String, to recipients: [String], data: [UInt8], freshConnection: Bool = false, closeAfter: Bool = false) {
+        capture.transcript.reset()
+        errorBuffer[0] = 0
+        clearSend()
+        var list: UnsafeMutablePointer<curl_slist>?
+        for recipient in recipients { list = curl_slist_append(list, "<\(recipient)>") }
+        self.recipients = list
+        let upload = UploadSource(data)
+        self.upload = upload
+
+        set(CURLOPT_MAIL_FROM, "<\(sender)>")
+        _ = mr_curl_setopt_slist(handle, CURLOPT_MAIL_RCPT, list)
+        set(mr_curl_opt_mail_rcpt_allowfails(), 1)
+        set(CURLOPT_UPLOAD, 1)
+        set(CURLOPT_INFILESIZE_LARGE, data.count)
+        _ = mr_curl_setopt_read_function(handle, Curl.readCallback)
+        set(CURLOPT_READDATA, Unmanaged.passUnretained(upload).toOpaque())
+        set(CURLOPT_FRESH_CONNECT, freshConnection ? 1 : 0)
+        set(CURLOPT_FORBID_REUSE, closeAfter ? 1 : 0)
+    }
+
+    /// What the transfer set up by `beginSend` came to, given its CURLcode.
+    func finishSend(code: Int) -> SendAttempt {
+        var connects = 0
+        _ = mr_curl_getinfo_long(handle, CURLINFO_NUM_CONNECTS, &connects)
+        let reused = connects == 0
+        let result: Result<SendReport, DeliveryError>
+        if code != 0 {
+            result = .failure(failure(code, reusedConnection: reused))
+        } else {
+            result = .success(SendReport(capture.transcript, newConnection: !reused))
+        }
+        clearSend()
+        return SendAttempt(result: result, reused: reused, lastCommand: capture.transcript.lastCommand)
+    }
+
+    /// Drops what `beginSend` set up, for a transfer that never ran.
+    func abandonSend() {
+        clearSend()
+    }
+
+    private func clearSend() {
+        _ = mr_curl_setopt_slist(handle, CURLOPT_MAIL_RCPT, nil)
+        set(CURLOPT_READDATA, UnsafeMutableRawPointer?.none)
+        curl_slist_free_all(recipients)
+        recipients = nil
+        upload = nil
+    }
+
+    /// The failure a non-zero CURLcode stands for, from libcurl's words and the conversation.
+    func failure(_ code: Int, reusedConnection: Bool = false) -> DeliveryError {
+        var response = 0
+        _ = mr_curl_getinfo_long(handle, CURLINFO_RESPONSE_CODE, &response)
+        let message = String(cString: errorBuffer)
+        errorBuffer[0] = 0
+        return FailureClassifier.classify(
+            curlCode: code, errorMessage: message, responseCode: response, transcript: capture.transcript,
+            reusedConnection: reusedConnection)
+    }
+
+    // MARK: - Options
+
+    func set(_ option: CURLoption, _ value: Int) {
+        _ = mr_curl_setopt_long(handle, option, value)
+    }
+
+    func set(_ option: CURLoption, _ value: String) {
+        _ = mr_curl_setopt_string(handle, option, value)
+    }
+
+    func set(_ option: CURLoption, _ value: UnsafeMutableRawPointer?) {
+        _ = mr_curl_setopt_pointer(handle, option, value)
+    }
+}
+
+/// One try at sending a message, and whether the rule allows one more.
+struct SendAttempt {
+    var result: Result<SendReport, DeliveryError>
+    /// Whether the transfer ran on a connection that was already open.
+    var reused: Bool
+    /// The verb of the last command sent, when the attempt ended.
+    var lastCommand: String?
+
+    /// A pooled connection the server closed while idle fails before DATA; one retry on a
+    /// fresh connection cannot duplicate the message.
+    var retryOnFreshConnection: Bool {
+        guard case .failure(let error) = result else { return false }
+        return reused && error.kind == .connectionLost && lastCommand != "DATA"
+    }
+}
+
+public struct SendReport: Sendable, Equatable {
+    /// The server's reply to the end of DATA (`250 2.0.0 Ok: queued as 4XYZ`).
+    public var reply: SMTPReply?
+    /// Recipients the server refused while accepting the others.
+    public var refused: [RefusedRecipient]
+    /// Whether this send opened a new connection rather than reusing one.
+    public var newConnection: Bool
+}
+
+extension SendReport {
+    /// What a successful send's conversation says: the final reply, and the recipients refused.
+    init(_ transcript: SMTPTranscript, newConnection: Bool) {
+        let refused = transcript.recipientReplies.filter { $0.reply.code >= 400 }
+            .map { RefusedRecipient(address: $0.address, reply: $0.reply.line, temporary: $0.reply.isTemporary) }
+        self.init(reply: transcript.lastReply, refused: refused, newConnection: newConnection)
+    }
+}
+
+public struct RefusedRecipient: Sendable, Equatable, Codable {
+    public var address: String
+    public var reply: String
+    public var temporary: Bool
+}
+
+/// The transcript lives in a class so libcurl's callback can reach it through a pointer.
+final class TranscriptCapture {
+    var transcript = SMTPTranscript()
+}
+
+private final class UploadSource {
+    let bytes: [UInt8]
+    var offset = 0
+    init(_ bytes: [UInt8]) { self.bytes = bytes }
+}
+
+/// C callbacks must not capture context; they live here as static lets (not top-level, which
+/// Swift 6 would isolate to the main actor).
+enum Curl {
+    static let initialized: Bool = {
+        curl_global_init(Int(CURL_GLOBAL_DEFAULT)) == CURLE_OK
+    }()
+
+    static let debugCallback: mr_curl_debug_callback = { _, type, data, size, userdata in
+        guard let data, let userdata else { return 0 }
+        let direction: SMTPTranscript.Direction
+        switch type {
+        case CURLINFO_HEADER_IN: direction = .server
+        case CURLINFO_HEADER_OUT: direction = .client
+        case CURLINFO_TEXT: direction = .info
+        default: return 0  // message data and TLS records stay out of the transcript
+        }
+        let capture = Unmanaged<TranscriptCapture>.fromOpaque(userdata).takeUnretainedValue()
+        let chunk = String(decoding: UnsafeRawBufferPointer(start: data, count: size), as: UTF8.self)
+        capture.transcript.append(direction, chunk: chunk)
+        return 0
+    }
+
+    static let readCallback: mr_curl_read_callback = { buffer, size, count, userdata in
+        guard let buffer, let userdata else { return 0 }
+        let source = Unmanaged<UploadSource>.fromOpaque(userdata).takeUnretainedValue()
+        let n = min(size * count, source.bytes.count - source.offset)
+        guard n > 0 else { return 0 }
+        source.bytes.withUnsafeBufferPointer { bytes in
+            UnsafeMutableRawPointer(buffer).copyMemory(from: bytes.baseAddress! + source.offset, byteCount: n)
+        }
+        source.offset += n
+        return n
+    }
+}

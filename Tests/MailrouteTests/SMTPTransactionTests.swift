@@ -1,0 +1,132 @@
+import Foundation
+import Testing
+
+@testable import MailrouteCore
+
+/// The engine's half of a send, without a server: what it says, what it makes of replies,
+/// and that a failure maps as libcurl's own transfer's would.
+@Suite struct SMTPTransactionTests {
+    func text(_ bytes: [UInt8]) -> String { String(decoding: bytes, as: UTF8.self) }
+
+    func feed(_ transaction: inout SMTPTransaction, _ reply: String, _ transcript: inout SMTPTranscript) -> SMTPTransaction.Event {
+        transaction.receive(Array(reply.utf8), &transcript)
+    }
+
+    func classify(_ event: SMTPTransaction.Event, _ transcript: SMTPTranscript) throws -> DeliveryError {
+        guard case .finished(.failed(let code, let message, let response)) = event else {
+            throw TransactionTestError.notAFailure("\(event)")
+        }
+        return FailureClassifier.classify(curlCode: code, errorMessage: message, responseCode: response, transcript: transcript)
+    }
+
+    @Test func aMessageFromMailToQueued() {
+        var transcript = SMTPTranscript()
+        var t = SMTPTransaction(from: "a@acme.test", to: ["b@example.com"], message: Array("Subject: x\r\n\r\nhi\r\n".utf8), capabilities: .init())
+        #expect(text(t.begin(&transcript)) == "MAIL FROM:<a@acme.test>\r\n")
+        #expect(feed(&t, "250 2.1.0 Ok\r\n", &transcript) == .send(Array("RCPT TO:<b@example.com>\r\n".utf8)))
+        #expect(feed(&t, "250 2.1.5 Ok\r\n", &transcript) == .send(Array("DATA\r\n".utf8)))
+        #expect(feed(&t, "354 End data with <CR><LF>.<CR><LF>\r\n", &transcript) == .send(Array("Subject: x\r\n\r\nhi\r\n.\r\n".utf8)))
+        #expect(feed(&t, "250 2.0.0 Ok: queued as ABC\r\n", &transcript) == .finished(.accepted))
+        let report = SendReport(transcript, newConnection: false)
+        #expect(report.reply?.line == "250 2.0.0 Ok: queued as ABC")
+        #expect(report.refused.isEmpty)
+        #expect(transcript.lastCommand == "DATA")
+    }
+
+    @Test func sizeAndSMTPUTF8AsTheServerOffersThem() {
+        var ehlo = SMTPTranscript()
+        ehlo.append(.server, chunk: "220 mx ESMTP")
+        ehlo.append(.client, chunk: "EHLO mailroute.test")
+        ehlo.append(.server, chunk: "250-mx\r\n250-SIZE 10240000\r\n250-8BITMIME\r\n250 SMTPUTF8")
+        let capabilities = SMTPTransaction.Capabilities(ehlo)
+        #expect(capabilities == .init(size: true, smtputf8: true))
+        var transcript = SMTPTranscript()
+        var ascii = SMTPTransaction(from: "a@acme.test", to: ["b@example.com"], message: Array("x\r\n".utf8), capabilities: capabilities)
+        #expect(text(ascii.begin(&transcript)) == "MAIL FROM:<a@acme.test> SIZE=3\r\n")
+        var utf8 = SMTPTransaction(from: "a@acme.test", to: ["zoë@example.com"], message: Array("x\r\n".utf8), capabilities: capabilities)
+        #expect(text(utf8.begin(&transcript)) == "MAIL FROM:<a@acme.test> SIZE=3 SMTPUTF8\r\n")
+        #expect(SMTPTransaction.Capabilities(SMTPTranscript()) == .init())
+    }
+
+    @Test func someRecipientsRefusedTheRestSent() {
+        var transcript = SMTPTranscript()
+        var t = SMTPTransaction(from: "a@acme.test", to: ["gone@example.com", "b@example.com"], message: Array("x\r\n".utf8), capabilities: .init())
+        _ = t.begin(&transcript)
+        _ = feed(&t, "250 Ok\r\n", &transcript)
+        #expect(feed(&t, "550 5.1.1 <gone@example.com>: User unknown\r\n", &transcript) == .send(Array("RCPT TO:<b@example.com>\r\n".utf8)))
+        _ = feed(&t, "250 Ok\r\n", &transcript)
+        _ = feed(&t, "354 go\r\n", &transcript)
+        #expect(feed(&t, "250 queued\r\n", &transcript) == .finished(.accepted))
+        let report = SendReport(transcript, newConnection: true)
+        #expect(report.refused == [RefusedRecipient(address: "gone@example.com", reply: "550 5.1.1 <gone@example.com>: User unknown", temporary: false)])
+    }
+
+    @Test func everyRecipientRefused() throws {
+        var transcript = SMTPTranscript()
+        var t = SMTPTransaction(from: "a@acme.test", to: ["x@example.com", "y@example.com"], message: [], capabilities: .init())
+        _ = t.begin(&transcript)
+        _ = feed(&t, "250 Ok\r\n", &transcript)
+        _ = feed(&t, "450 4.2.0 try later\r\n", &transcript)
+        let event = feed(&t, "550 5.1.1 unknown\r\n", &transcript)
+        #expect(event == .finished(.failed(curlCode: 55, message: "RCPT failed: 550 (last error)", responseCode: 550)))
+        let error = try classify(event, transcript)
+        #expect(error.kind == .recipientRejected)
+        #expect(!error.isTemporary)
+        #expect(error.smtpCode == 550)
+    }
+
+    @Test func aRefusedSenderIsTheConfigurations() throws {
+        var transcript = SMTPTranscript()
+        var t = SMTPTransaction(from: "a@acme.test", to: ["b@example.com"], message: [], capabilities: .init())
+        _ = t.begin(&transcript)
+        let error = try classify(feed(&t, "550 5.7.1 Sender address rejected: not owned by user\r\n", &transcript), transcript)
+        #expect(error.kind == .fromRejected)
+        #expect(error.isConfigurationLevel)
+        #expect(error.enhancedCode == "5.7.1")
+    }
+
+    @Test func repliesAfterData() throws {
+        for (reply, kind, temporary) in [
+            ("451 4.3.0 Error: queue file write error", DeliveryError.Kind.temporaryFailure, true),
+            ("554 5.7.1 Message rejected: looks like spam", .messageRejected, false),
+        ] {
+            var transcript = SMTPTranscript()
+            var t = SMTPTransaction(from: "a@acme.test", to: ["b@example.com"], message: Array("x\r\n".utf8), capabilities: .init())
+            _ = t.begin(&transcript)
+            _ = feed(&t, "250 Ok\r\n", &transcript)
+            _ = feed(&t, "250 Ok\r\n", &transcript)
+            _ = feed(&t, "354 go\r\n", &transcript)
+            let event = feed(&t, reply + "\r\n", &transcript)
+            #expect(event == .finished(.failed(curlCode: 8, message: "", responseCode: Int(reply.prefix(3))!)))
+            let error = try classify(event, transcript)
+            #expect(error.kind == kind, "\(reply)")
+            #expect(error.isTemporary == temporary)
+            #expect(error.text == reply)
+        }
+    }
+
+    @Test func repliesInPiecesAndOnManyLines() {
+        var transcript = SMTPTranscript()
+        var t = SMTPTransaction(from: "a@acme.test", to: ["b@example.com"], message: [], capabilities: .init())
+        _ = t.begin(&transcript)
+        #expect(feed(&t, "250-first line\r\n25", &transcript) == .wait)
+        #expect(feed(&t, "0 last", &transcript) == .wait)
+        #expect(feed(&t, "\r\n", &transcript) == .send(Array("RCPT TO:<b@example.com>\r\n".utf8)))
+        #expect(transcript.serverLines == ["250-first line", "250 last"])
+        #expect(SMTPTransaction.finalCode(Array("250".utf8)) == 250)
+        #expect(SMTPTransaction.finalCode(Array("250-x".utf8)) == nil)
+        #expect(SMTPTransaction.finalCode(Array("25".utf8)) == nil)
+        #expect(SMTPTransaction.finalCode(Array("ok 250".utf8)) == nil)
+    }
+
+    @Test func dotStuffingAndTheEndOfData() {
+        #expect(text(SMTPTransaction.stuffed(Array(".first\r\nmid\r\n.\r\nlast".utf8))) == "..first\r\nmid\r\n..\r\nlast\r\n.\r\n")
+        #expect(text(SMTPTransaction.stuffed(Array("a\r\n".utf8))) == "a\r\n.\r\n")
+        #expect(text(SMTPTransaction.stuffed(Array("a\n.b\r\n".utf8))) == "a\n.b\r\n.\r\n", "only a dot after CRLF starts a line")
+        #expect(text(SMTPTransaction.stuffed([])) == ".\r\n")
+    }
+}
+
+enum TransactionTestError: Error {
+    case notAFailure(String)
+}

@@ -156,6 +156,25 @@ import Testing
         }
     }
 
+    /// A v2 database admitted scheduled rows at once; v5 keeps them waiting for their time.
+    @Test func scheduledRowsAdmittedByAnOlderDaemonStillWait() async throws {
+        let path = Paths.temporaryDirectory("schema-v4").appendingPathComponent("q.db").path
+        let old = try DatabasePool(path: path)
+        try Migrations.migrator.migrate(old, upTo: "v4-due-admission-routing-version")
+        let later = Date().timeIntervalSince1970 + 86400
+        try await old.write { db in
+            try db.execute(sql: "INSERT INTO messages (category, rcpt_to, subject, text_body, send_at) VALUES ('report', '[\"a@b.test\"]', 'tomorrow', 'x', ?)", arguments: [later])
+            try db.execute(sql: "UPDATE messages SET effective_priority = 4, next_attempt_at = send_at")
+        }
+        try old.close()
+        let store = try QueueStore(path: path)
+        let plan = ClaimPlan(now: Date().timeIntervalSince1970, leaseSeconds: 300, expire: true, limit: 10, room: [:], defaultMaxConnections: 4, categories: [:])
+        #expect(try await store.claim(plan).isEmpty, "not before its time")
+        var tomorrow = plan
+        tomorrow.now = later + 1
+        #expect(try await store.claim(tomorrow).map(\.message.subject) == ["tomorrow"])
+    }
+
     @Test func duplicateIdempotencyKeyIsRefused() throws {
         try insert(["idempotency_key": "invite-42".databaseValue])
         let error = #expect(throws: DatabaseError.self) { try insert(["idempotency_key": "invite-42".databaseValue]) }

@@ -21,6 +21,9 @@ enum Migrations {
         migrator.registerMigration("v4-due-admission-routing-version") { db in
             try db.execute(sql: v4)
         }
+        migrator.registerMigration("v5-ready-and-waiting") { db in
+            try db.execute(sql: v5)
+        }
         return migrator
     }
 
@@ -295,7 +298,7 @@ enum Migrations {
     }
 
     /// Admission looks only at rows that are due, so a million rows scheduled years ahead
-    /// cost nothing until their time (nor do retries waiting for theirs); every change of configurations or routes bumps one
+    /// cost nothing until their time; every change of configurations or routes bumps one
     /// counter, so a claim can route against the routing as committed without re-reading it;
     /// and a configuration that is down keeps its probe schedule (each failed probe doubles
     /// the wait) in the database, where every daemon sees it.
@@ -306,18 +309,6 @@ enum Migrations {
         DROP INDEX messages_unadmitted;
         CREATE INDEX messages_unadmitted_due ON messages (coalesce(send_at, created_at))
             WHERE effective_priority IS NULL AND status = 'queued';
-
-        -- As Postfix keeps its active and deferred queues apart: an admitted `queued` row is due
-        -- and waits only for room; a `deferred` row waits for next_attempt_at and becomes
-        -- `queued` when it passes. Claims scan only the first, in order; neither unadmitted
-        -- rows nor retries waiting for hours are in their way.
-        DROP INDEX messages_claim;
-        DROP INDEX messages_due;
-        CREATE INDEX messages_ready ON messages (effective_priority, id)
-            WHERE status = 'queued' AND effective_priority IS NOT NULL;
-        CREATE INDEX messages_waiting ON messages (next_attempt_at) WHERE status = 'deferred';
-        CREATE INDEX messages_expiry ON messages (expires_at)
-            WHERE status IN ('queued', 'deferred') AND expires_at IS NOT NULL;
 
         CREATE TABLE routing_version (id INTEGER PRIMARY KEY CHECK (id = 1), version INTEGER NOT NULL);
         INSERT INTO routing_version (id, version) VALUES (1, 1);
@@ -333,5 +324,24 @@ enum Migrations {
         BEGIN UPDATE routing_version SET version = version + 1; END;
         CREATE TRIGGER routes_bump_routing_delete AFTER DELETE ON routes
         BEGIN UPDATE routing_version SET version = version + 1; END;
+        """
+
+    /// As Postfix keeps its active and deferred queues apart: an admitted `queued` row is due
+    /// and waits only for room; a `deferred` row waits for next_attempt_at and becomes `queued`
+    /// when it passes. Claims scan only the first, in order; neither unadmitted rows nor
+    /// retries waiting for hours are in their way, and expiry has an index of its own.
+    static let v5 = """
+        DROP INDEX messages_claim;
+        DROP INDEX messages_due;
+        CREATE INDEX messages_ready ON messages (effective_priority, id)
+            WHERE status = 'queued' AND effective_priority IS NOT NULL;
+        CREATE INDEX messages_waiting ON messages (next_attempt_at) WHERE status = 'deferred';
+        CREATE INDEX messages_expiry ON messages (expires_at)
+            WHERE status IN ('queued', 'deferred') AND expires_at IS NOT NULL;
+        -- Before v4 every row was admitted at once, a scheduled one too: such a row waits for its
+        -- time with the retries, or it would be sent early.
+        UPDATE messages SET status = 'deferred'
+        WHERE status = 'queued' AND effective_priority IS NOT NULL
+          AND next_attempt_at > (julianday('now') - 2440587.5) * 86400.0;
         """
 }

@@ -141,6 +141,7 @@ class DaemonRun:
         self.started = None
         self.peak_threads = 0
         self.peak_rss_kib = 0
+        self.peak_anon_kib = 0  # the part of RSS that is not file pages (e.g. an mmap of the queue)
 
     def start(self):
         with open(os.path.join(self.directory, "mailrouted.log"), "w") as err:
@@ -157,6 +158,7 @@ class DaemonRun:
         if status:
             self.peak_threads = max(self.peak_threads, status.get("Threads", 0))
             self.peak_rss_kib = max(self.peak_rss_kib, status.get("VmHWM", 0))
+            self.peak_anon_kib = max(self.peak_anon_kib, status.get("RssAnon", 0))
 
     def cpu_seconds(self):
         return proc_cpu_seconds(self.proc.pid)
@@ -212,23 +214,28 @@ class DaemonRun:
                 if during:
                     during(now - t0)
                 time.sleep(poll)
+            elapsed = time.time() - t0
             if seconds is None:
                 cpu = self.cpu_seconds() if self.alive() else None
             errors, fallbacks = self.health()
         finally:
             poller.close()
-        return DrainResult(expected=expected, sent=sent, seconds=seconds, cpu_seconds=cpu, note=note,
+        return DrainResult(expected=expected, sent=sent, seconds=seconds, elapsed=elapsed, cpu_seconds=cpu, note=note,
                            peak_threads=self.peak_threads, peak_rss_mib=self.peak_rss_kib / 1024,
+                           peak_anon_mib=self.peak_anon_kib / 1024,
                            error_configs=errors, fallbacks=fallbacks, started=t0)
 
 
 class DrainResult(dict):
-    """What one drain measured: a dict (for the JSON file) with a few derived numbers."""
+    """What one drain measured: a dict (for the JSON file) with a few derived numbers. A drain
+    given up after `elapsed` seconds would have taken longer: its rate is below `rate_below`."""
 
     def __init__(self, **values):
         super().__init__(**values)
         done = values["seconds"] is not None
+        cpu, sent = values["cpu_seconds"], values["sent"]
         self["complete"] = done
         self["rate"] = values["expected"] / values["seconds"] if done else None
-        cpu = values["cpu_seconds"]
+        self["rate_below"] = None if done else values["expected"] / values["elapsed"]
         self["cpu_ms_per_msg"] = cpu / values["expected"] * 1000 if (done and cpu is not None) else None
+        self["cpu_ms_per_sent"] = cpu / sent * 1000 if (cpu is not None and sent) else None

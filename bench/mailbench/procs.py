@@ -111,7 +111,7 @@ def install_signal_handlers():
 
 
 def proc_status(pid):
-    """Threads, VmHWM and VmRSS (KiB) from /proc/PID/status, or None once the process is gone."""
+    """Threads, VmHWM, VmRSS and RssAnon (KiB) from /proc/PID/status, or None once it is gone."""
     try:
         with open(f"/proc/{pid}/status") as f:
             text = f.read()
@@ -120,7 +120,7 @@ def proc_status(pid):
     values = {}
     for line in text.splitlines():
         key, _, rest = line.partition(":")
-        if key in ("Threads", "VmHWM", "VmRSS"):
+        if key in ("Threads", "VmHWM", "VmRSS", "RssAnon"):
             values[key] = int(rest.split()[0])
     return values
 

@@ -87,10 +87,13 @@ class Bench:
             result = work(daemon)
         finally:
             exit_code = daemon.stop() if daemon.proc else None
-        result.update(exit_code=exit_code, peak_threads=daemon.peak_threads, peak_rss_mib=daemon.peak_rss_kib / 1024)
+        result.update(exit_code=exit_code, peak_threads=daemon.peak_threads, peak_rss_mib=daemon.peak_rss_kib / 1024,
+                      peak_anon_mib=daemon.peak_anon_kib / 1024)
         if not result.get("complete") or result.get("error_configs") or result.get("fallbacks") or exit_code:
             result["log"] = self.keep_log(daemon, name)
-        os.remove(daemon.db)  # the (large) queue goes; the log goes with the work dir
+        for suffix in ("", "-wal", "-shm"):  # the (large) queue goes now, the log with the work dir
+            if os.path.exists(daemon.db + suffix):
+                os.remove(daemon.db + suffix)
         return result
 
     def keep_log(self, daemon, name):

@@ -44,14 +44,26 @@ def ensure_packages():
         run(install, env=env, timeout=1200)
 
 
-def build_release(repo, scratch):
-    """`swift build -c release` of the checkout into its own scratch folder; returns the bin dir."""
+def build_release(repo, scratch, logfile, attempts=2):
+    """`swift build -c release` of the checkout into its own scratch folder; returns the bin dir.
+    Others edit the tree meanwhile: a build that fails is tried once more a minute later."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return _build(repo, scratch, logfile)
+        except BenchError as error:
+            if attempt == attempts:
+                raise
+            log(f"{str(error).splitlines()[0]}; trying again in 60 s")
+            time.sleep(60)
+
+
+def _build(repo, scratch, logfile):
     swift = shutil.which("swift")
     if swift is None:
         raise BenchError("swift is not on PATH")
     log(f"release build into {os.path.relpath(scratch, repo)} (a first one takes several minutes)")
     started = time.monotonic()
-    logfile = os.path.join(scratch + ".log")
+    os.makedirs(os.path.dirname(logfile), exist_ok=True)
     with open(logfile, "w") as out:
         try:
             done = subprocess.run([swift, "build", "-c", "release", "--scratch-path", scratch],
@@ -73,7 +85,7 @@ def build_release(repo, scratch):
 def git_describe(repo):
     try:
         commit = run(["git", "rev-parse", "--short", "HEAD"], cwd=repo).strip()
-        dirty = run(["git", "status", "--porcelain", "--untracked-files=no", "--", "Sources", "Package.swift"], cwd=repo)
+        dirty = run(["git", "status", "--porcelain", "--", "Sources", "Package.swift"], cwd=repo)
         return commit + (" + uncommitted changes in Sources" if dirty.strip() else "")
     except BenchError:
         return "unknown"

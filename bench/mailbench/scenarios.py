@@ -59,6 +59,7 @@ class Bench:
         self.cleanup = cleanup
         self.templates = {}
         self.round_no = 0
+        self.one_seconds = None  # this round's row-1 drain time
         # Anything slower than 100 msg/s misses every target anyway; do not wait longer for it.
         self.timeout = max(20.0 if options.quick else 60.0, options.messages / 100)
         # Longer than the first retry (retry_initial_s = 30 s), so a deferred message may come back.
@@ -176,7 +177,12 @@ class Bench:
         return self.with_daemon("idle", "one", work)
 
     def enqueuer(self):
-        """Row 5: a drain at full speed while another process INSERTs one row per transaction."""
+        """Row 5: a drain at full speed while another process INSERTs one row per transaction.
+
+        An enqueuer faster than the daemon keeps the queue growing; the measurement is its
+        COMMIT latency, so it lasts as long as the drain, but at most twice this round's row-1
+        drain (at least 10 s): long enough to overlap a full-speed drain, bounded in rows."""
+        limit = self.timeout if self.one_seconds is None else min(self.timeout, max(10.0, 2 * self.one_seconds))
 
         def work(daemon):
             first, last = queue.fill(daemon.db, self.o.messages, ONE)
@@ -186,10 +192,10 @@ class Bench:
 
             def start_enqueuer(_elapsed):
                 if not clients:
-                    clients.append(self.client("enqueue", daemon.db, ONE[0], stop_file, str(self.timeout + 30), out))
+                    clients.append(self.client("enqueue", daemon.db, ONE[0], stop_file, str(limit + 30), out))
 
             try:
-                result = daemon.drain(first, last, self.timeout, self.stall, during=start_enqueuer)
+                result = daemon.drain(first, last, limit, self.stall, during=start_enqueuer)
             finally:
                 open(stop_file, "w").close()
                 for client in clients:
@@ -238,6 +244,8 @@ class Bench:
                 result = {"complete": False, "note": f"{type(error).__name__}: {error}"}
             result["wall_s"] = time.monotonic() - started
             results.setdefault(key, []).append(result)
+            if key == "one":
+                self.one_seconds = result.get("seconds")
             log(f"round {self.round_no}, {label}: {summary(result)}")
         shutil.rmtree(os.path.join(self.work, "runs"), ignore_errors=True)
 

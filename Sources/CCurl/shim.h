@@ -39,9 +39,6 @@ static inline CURLcode mr_curl_setopt_share(CURL *h, CURLSH *share) {
 
 // The multi interface. curl_multi_poll, _wakeup, _perform, _info_read, _add_handle and
 // _remove_handle are not variadic and import as they are.
-static inline CURLMcode mr_curl_multi_setopt_long(CURLM *m, CURLMoption o, long v) {
-    return curl_multi_setopt(m, o, v);
-}
 /// The CURLcode of a CURLMSG_DONE message (a union member Swift sees awkwardly).
 static inline CURLcode mr_curl_msg_result(const CURLMsg *msg) {
     return msg->data.result;

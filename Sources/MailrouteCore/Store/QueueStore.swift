@@ -16,8 +16,13 @@ public final class QueueStore: Sendable {
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         try Self.createDatabaseFile(path, in: directory)
         var configuration = Configuration()
-        // Enqueuers and the CLI write the same file; wait for their short transactions.
-        configuration.busyMode = .timeout(10)
+        // Enqueuers and the CLI write the same file; wait for their short transactions, up to
+        // 10 s. In short steps: SQLite's own busy timeout sleeps longer and longer, and an
+        // enqueuer committing thousands of times a second would win the lock nearly every time.
+        configuration.busyMode = .callback { retries in
+            usleep(retries < 100 ? 100 : 1000)
+            return retries < 10_090
+        }
         configuration.foreignKeysEnabled = true
         configuration.prepareDatabase { db in
             // In WAL mode NORMAL survives a crash of any process; a power cut can at most undo

@@ -105,7 +105,9 @@ public struct ConfigurationService: Sendable {
         case .failure(let error):
             try store.recordConfigStatus(
                 id: record.id!, settingsVersion: record.settingsVersion, status: .error, errorKind: error.configErrorKind,
-                errorText: error.text, firstProbeAt: QueueStore.now() + settings.delivery.cooldownSeconds)
+                errorText: error.text,
+                firstProbeAt: ConfigHealth(breakerTimeouts: settings.delivery.breakerTimeouts, cooldownSeconds: settings.delivery.cooldownSeconds)
+                    .firstProbe(now: QueueStore.now()))
             return VerificationResult(config: record.label, server: "\(record.host):\(record.port)", error: error, finalReply: nil)
         }
     }

@@ -11,7 +11,10 @@ public struct ClaimPlan: Sendable {
     public var room: [Int64?: Int]
     /// A pool that does not exist yet takes this many messages per connection of its limit:
     /// one in hand and one waiting keeps a connection busy.
-    public var perConnection = 2
+    public var perConnection = ClaimPlan.messagesPerConnection
+
+    /// One in hand and one waiting keeps a connection busy: what a pool's room is counted in.
+    public static let messagesPerConnection = 2
     public var defaultMaxConnections: Int
     /// The category defaults (priority, TTL) that admission applies.
     public var categories: [String: MailrouteConfiguration.Category]

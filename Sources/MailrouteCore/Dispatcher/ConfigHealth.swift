@@ -54,13 +54,17 @@ public struct ConfigHealth: Sendable {
         return now + min(Self.maxProbeInterval, cooldownSeconds * factor)
     }
 
+    /// When a configuration that is down is next probed: its stored schedule, or (for a status
+    /// recorded before schedules were kept) `cooldown_s` after it went down.
+    public func nextProbe(of config: SMTPConfigRecord, now: Double) -> Double {
+        config.nextProbeAt ?? ((config.statusChangedAt ?? now) + cooldownSeconds)
+    }
+
     /// The configurations to probe now, one probe each at a time; marks them as probing.
     public mutating func probesDue(_ configs: some Sequence<SMTPConfigRecord>, now: Double) -> [SMTPConfigRecord] {
         var due: [SMTPConfigRecord] = []
         for config in configs where config.enabled && Self.isDown(config) {
-            guard let id = config.id, !probing.contains(id) else { continue }
-            let at = config.nextProbeAt ?? ((config.statusChangedAt ?? now) + cooldownSeconds)
-            guard now >= at else { continue }
+            guard let id = config.id, !probing.contains(id), now >= nextProbe(of: config, now: now) else { continue }
             probing.insert(id)
             due.append(config)
         }

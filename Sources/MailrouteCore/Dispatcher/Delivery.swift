@@ -41,8 +41,7 @@ struct Delivery {
                 await viaPlatform(identity: fallback, route: .fallback, earlier: [])
             } else {
                 let reason = "\(config.label) is down (\(config.errorKind?.rawValue ?? "error"): \(config.errorText ?? ""))"
-                let cooldown = await dispatcher.health.cooldownSeconds
-                let probe = config.nextProbeAt ?? ((config.statusChangedAt ?? now) + cooldown)
+                let probe = await dispatcher.health.nextProbe(of: config, now: now)
                 let decision = DeliveryPolicy.retryOrGiveUp(
                     attemptsAfter: message.attempts, expiresAt: message.expiresAt, now: now, retry: await dispatcher.retryPolicy,
                     random: dispatcher.random(), notBefore: probe)
@@ -70,10 +69,9 @@ struct Delivery {
             completion = .failed(DeliveryError(
                 kind: .authFailed, text: "the stored password cannot be decrypted (is the key missing or replaced?)", isTemporary: false))
         }
-        var decision = DeliveryPolicy.decide(completion, context)
-        if case .tripAndFallBack = decision {
-            decision = plan.fallbackIdentity == nil ? .tripAndWait(until: context.tenant!.firstProbeAt) : decision
-        }
+        // The policy trips to the relay only for `fallback = platform`, which is exactly when
+        // the plan has a fallback identity.
+        let decision = DeliveryPolicy.decide(completion, context)
         let attempt = attemptRecord(number: number, config: config, route: plan.route, server: server, outcome: decision.attemptOutcome,
             completion: completion, started: started)
         if decision.trips, case .failed(let error) = completion { await dispatcher.markError(config, error: error) }
@@ -81,7 +79,8 @@ struct Delivery {
         case (.notStarted, _):
             await dispatcher.release(claimed)
         case (.sent, .sent(let report)):
-            await dispatcher.markVerified(config)
+            // Most sends go through a configuration that is verified already: no actor hop then.
+            if config.status != .verified { await dispatcher.markVerified(config) }
             await dispatcher.finish(claimed, sent(report, assembled: assembled, attempts: [attempt], config: config, route: plan.route))
         case (.tripAndFallBack, _):
             await viaPlatform(identity: plan.fallbackIdentity ?? plan.identity, route: .fallback, earlier: [attempt])

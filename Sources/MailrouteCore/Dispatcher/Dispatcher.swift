@@ -147,7 +147,7 @@ public actor Dispatcher: Service {
             // transaction claims several messages instead of one per finished send.
             let changed = watcher.changed()
             let due = changed || t >= (nextDue ?? .infinity) || t - lastCycle >= settings.queue.pollIntervalSeconds
-            if due && (!draining || pools.wantsWork(perConnection: 2) || t - lastCycle >= settings.queue.pollIntervalSeconds) {
+            if due && (!draining || pools.wantsWork(perConnection: ClaimPlan.messagesPerConnection) || t - lastCycle >= settings.queue.pollIntervalSeconds) {
                 lastCycle = t
                 do {
                     // Idle, a cheap read first: no write transaction when nothing is due.
@@ -155,7 +155,9 @@ public actor Dispatcher: Service {
                     if work {
                         let expire = t - lastExpiry >= 1
                         if expire { lastExpiry = t }
-                        try await refreshRouting()
+                        // No routing read here: the claim routes inside its own transaction, and a
+                        // pool for new settings is made on first use; retiring old pools can wait
+                        // for the once-a-second refresh below.
                         let claimed = try await store.claim(claimPlan(now: t, expire: expire))
                         for message in claimed {
                             inFlight += 1
@@ -198,7 +200,7 @@ public actor Dispatcher: Service {
     /// How many more messages each pool can take: its connections, plus one waiting each.
     private func claimPlan(now t: Double, expire: Bool) -> ClaimPlan {
         return ClaimPlan(
-            now: t, leaseSeconds: settings.queue.leaseSeconds, expire: expire, limit: max(0, 2000 - inFlight), room: pools.room(perConnection: 2),
+            now: t, leaseSeconds: settings.queue.leaseSeconds, expire: expire, limit: max(0, 2000 - inFlight), room: pools.room(perConnection: ClaimPlan.messagesPerConnection),
             defaultMaxConnections: settings.delivery.defaultMaxConnections, categories: settings.categories)
     }
 

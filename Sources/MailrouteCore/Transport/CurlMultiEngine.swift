@@ -310,9 +310,9 @@ final class CurlMultiEngine: @unchecked Sendable {
     private func heard(_ slot: Slot, _ bytes: ArraySlice<UInt8>, now: Double) {
         switch slot.phase {
         case .sending:
-            guard var transaction = slot.transaction else { return }
-            let event = transaction.receive(bytes, &slot.easy.capture.transcript)
-            slot.transaction = transaction
+            // In place: a copy out and back would copy the transaction's buffers on every read.
+            guard slot.transaction != nil else { return }
+            let event = slot.transaction!.receive(bytes, &slot.easy.capture.transcript)
             // A final reply before the whole message went out (a server cutting DATA short)
             // leaves the conversation out of step: that connection is closed, not reused.
             let outOfStep: Bool

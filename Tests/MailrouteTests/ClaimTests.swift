@@ -47,6 +47,29 @@ import Testing
     }
 
     /// Each claimed row carries its route, resolved in the same transaction as the claim.
+    /// Admission goes a slice per transaction and says when rows are left, so the dispatcher
+    /// goes on admitting even while no pool has room (limit 0 here).
+    @Test func admissionGoesASliceAtATimeAndSaysWhenRowsAreLeft() async throws {
+        let total = QueueStore.admissionSlice * 2 + 10
+        try await store.pool.write { db in
+            for _ in 0..<total {
+                try db.execute(sql: "INSERT INTO messages (category, rcpt_to, subject, text_body) VALUES ('report', '[\"a@b.test\"]', 'due', 'x')")
+            }
+        }
+        let later = Date().timeIntervalSince1970 + 1
+        var rounds: [Bool] = []
+        for _ in 0..<3 {
+            let batch = try await store.claimBatch(plan(now: later, limit: 0))
+            #expect(batch.messages.isEmpty)
+            rounds.append(batch.admittedAll)
+        }
+        #expect(rounds == [false, false, true])
+        let unadmitted = try await store.pool.read { db in
+            try Int.fetchOne(db, sql: "SELECT count(*) FROM messages WHERE effective_priority IS NULL")
+        }
+        #expect(unadmitted == 0)
+    }
+
     @Test func theClaimResolvesAgainstTheRoutingAsCommitted() async throws {
         let now = Date().timeIntervalSince1970
         let id = try await store.pool.write { db -> Int64 in

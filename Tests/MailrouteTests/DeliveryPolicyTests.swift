@@ -187,6 +187,16 @@ import Testing
         // open: 1 connection × 2 per connection; the relay has room for one.
         #expect(plan.choose(candidates).map { candidates[$0].id } == [11, 12, 14, 16])
     }
+
+    /// A fast pool gets 50 ms of its own work in hand (one claim takes many rows); a slow one
+    /// two per connection, so nothing waits long behind what it holds.
+    @Test func messagesInHandFollowThePoolsPace() {
+        #expect(ClaimPlan.depth(secondsPerMessage: nil) == 2, "no measure yet")
+        #expect(ClaimPlan.depth(secondsPerMessage: 0.2) == 2, "a slow server")
+        #expect(ClaimPlan.depth(secondsPerMessage: 0.005) == 10)
+        #expect(ClaimPlan.depth(secondsPerMessage: 0.0007) == 16, "a loopback sink: capped")
+        #expect(ClaimPlan.depth(secondsPerMessage: 0) == 2, "a nonsense measure counts as none")
+    }
 }
 
 @Suite struct AssemblerTests {

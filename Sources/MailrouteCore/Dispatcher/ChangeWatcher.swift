@@ -29,26 +29,52 @@ final class ChangeWatcher {
 /// `ChangeWatcher`'s data_version then says whether a commit really happened.
 final class WALWatcher: @unchecked Sendable {
     private let fd: Int32
+    private let directory: String
+    private let mask = UInt32(IN_MODIFY | IN_CREATE | IN_MOVED_TO | IN_CLOSE_WRITE)
     private let names: Set<String>
     private let doorbell: Doorbell
     private let stop = StopFlag()
+    /// The watch on the folder; -1 while quiet.
+    private let watch = Locked<Int32>(-1)
 
     /// nil where inotify is not available: the poll interval remains the safety net.
     init?(databasePath: String, doorbell: Doorbell) {
         let url = URL(fileURLWithPath: databasePath)
         let fd = inotify_init1(Int32(IN_CLOEXEC | IN_NONBLOCK))
         guard fd >= 0 else { return nil }
-        let mask = UInt32(IN_MODIFY | IN_CREATE | IN_MOVED_TO | IN_CLOSE_WRITE)
-        guard inotify_add_watch(fd, url.deletingLastPathComponent().path, mask) >= 0 else {
+        self.fd = fd
+        self.directory = url.deletingLastPathComponent().path
+        self.names = [url.lastPathComponent, url.lastPathComponent + "-wal"]
+        self.doorbell = doorbell
+        let wd = inotify_add_watch(fd, directory, mask)
+        guard wd >= 0 else {
             close(fd)
             return nil
         }
-        self.fd = fd
-        self.names = [url.lastPathComponent, url.lastPathComponent + "-wal"]
-        self.doorbell = doorbell
-        let thread = Thread { [self] in watch() }
+        watch.withLock { $0 = wd }
+        let thread = Thread { [self] in run() }
         thread.name = "mailroute-wal-watcher"
         thread.start()
+    }
+
+    /// Quiet while the dispatcher drains: it then looks at data_version every millisecond
+    /// anyway, and the watch would report each of our own WAL writes — the kernel's inotify
+    /// work on them took a sixth of the database writer's time (perf). Leaving quiet rings
+    /// once, for a commit made while nobody watched.
+    func setQuiet(_ quiet: Bool) {
+        let changed = watch.withLock { wd -> Bool in
+            if quiet, wd >= 0 {
+                inotify_rm_watch(fd, wd)
+                wd = -1
+                return true
+            }
+            if !quiet, wd < 0 {
+                wd = inotify_add_watch(fd, directory, mask)
+                return true
+            }
+            return false
+        }
+        if changed && !quiet { doorbell.ring() }
     }
 
     /// The thread stops within its 500 ms poll and closes the descriptor itself; nobody
@@ -57,22 +83,25 @@ final class WALWatcher: @unchecked Sendable {
         stop.set()
     }
 
-    private func watch() {
+    private func run() {
         var buffer = [UInt8](repeating: 0, count: 4096)
         var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        // The WAL is written before the commit is published in the shared-memory index
+        // (mapped, so it makes no event), and the enqueuer's fsync comes between, which takes
+        // from microseconds to tens of milliseconds: after a write, look again 1 ms later,
+        // then at intervals growing by half up to half a second, so a commit is seen within
+        // about one and a half times its fsync. A look costs a data_version read. The waits
+        // are polls of the inotify descriptor, not sleeps: a write during one rings at once
+        // (a sleeping watcher made an idle pickup wait ~25 ms).
+        var relook: Int32? = nil
         while !stop.isSet {
-            guard poll(&pfd, 1, 500) > 0, drainEvents(&buffer) else { continue }
-            doorbell.ring()
-            // The WAL is written before the commit is published in the shared-memory index
-            // (mapped, so it makes no event), and the enqueuer's fsync comes between, which
-            // takes from microseconds to tens of milliseconds: look again 1 ms after the last
-            // write, then at intervals growing by half up to half a second, so a commit is seen
-            // within about one and a half times its fsync. A look costs a data_version read.
-            var delay: UInt32 = 1000
-            while delay <= 512_000 && !stop.isSet {
-                usleep(delay)
-                delay = drainEvents(&buffer) ? 1000 : delay * 3 / 2
+            let ready = poll(&pfd, 1, relook ?? 500) > 0
+            if ready && drainEvents(&buffer) {
                 doorbell.ring()
+                relook = 1
+            } else if let wait = relook {
+                doorbell.ring()
+                relook = wait >= 512 ? nil : max(wait + 1, wait * 3 / 2)
             }
         }
         close(fd)

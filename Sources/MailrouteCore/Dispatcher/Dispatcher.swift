@@ -114,7 +114,7 @@ public actor Dispatcher: Service {
         let stop = self.stop
         await withGracefulShutdownHandler {
             await withDiscardingTaskGroup { group in
-                await self.loop(watcher: watcher, group: &group)
+                await self.loop(watcher: watcher, wal: wal, group: &group)
                 // Stop taking work: queued jobs come back as not started, sends in hand finish.
                 await self.closeAllPools()
             }
@@ -126,13 +126,14 @@ public actor Dispatcher: Service {
         }
     }
 
-    private func loop(watcher: ChangeWatcher, group: inout DiscardingTaskGroup) async {
+    private func loop(watcher: ChangeWatcher, wal: WALWatcher?, group: inout DiscardingTaskGroup) async {
         var lastCycle = 0.0
         var nextDue: Double? = nil
         var lastExpiry = 0.0
         var lastHousekeeping = 0.0
         var lastPing = -Double.infinity
         var draining = false
+        var admitting = false
         let pingInterval = notifier.watchdogInterval()
         while !stop.isSet {
             let t = now()
@@ -144,10 +145,11 @@ public actor Dispatcher: Service {
             // Commits by anyone (enqueuers, the CLI, our own results) show in data_version;
             // time-based work shows in nextDue; the poll interval is only a safety net. While
             // draining, a claim waits until a pool has a quarter of its places free, so one
-            // transaction claims several messages instead of one per finished send.
+            // transaction claims several messages instead of one per finished send; due rows
+            // still waiting for admission do not wait for room.
             let changed = watcher.changed()
             let due = changed || t >= (nextDue ?? .infinity) || t - lastCycle >= settings.queue.pollIntervalSeconds
-            if due && (!draining || pools.wantsWork(perConnection: ClaimPlan.messagesPerConnection) || t - lastCycle >= settings.queue.pollIntervalSeconds) {
+            if due && (!draining || admitting || pools.wantsWork() || t - lastCycle >= settings.queue.pollIntervalSeconds) {
                 lastCycle = t
                 do {
                     // Idle, a cheap read first: no write transaction when nothing is due.
@@ -158,18 +160,23 @@ public actor Dispatcher: Service {
                         // No routing read here: the claim routes inside its own transaction, and a
                         // pool for new settings is made on first use; retiring old pools can wait
                         // for the once-a-second refresh below.
-                        let claimed = try await store.claim(claimPlan(now: t, expire: expire))
-                        for message in claimed {
+                        let batch = try await store.claimBatch(claimPlan(now: t, expire: expire))
+                        for message in batch.messages {
                             inFlight += 1
                             group.addTask { await self.deliver(message) }
                         }
-                        draining = !claimed.isEmpty
-                        nextDue = draining ? t : try await store.nextDueTime()
+                        draining = !batch.messages.isEmpty
+                        admitting = !batch.admittedAll
+                        wal?.setQuiet(draining)
+                        nextDue = draining || admitting ? t : try await store.nextDueTime()
                     } else {
+                        (draining, admitting) = (false, false)
+                        wal?.setQuiet(false)
                         nextDue = try await store.nextDueTime()
                     }
                 } catch {
-                    draining = false
+                    (draining, admitting) = (false, false)
+                    wal?.setQuiet(false)
                     logger.error("queue cycle failed", metadata: ["error": "\(error)"])
                 }
             }
@@ -197,10 +204,10 @@ public actor Dispatcher: Service {
         retired += pools.retireStale(routing)
     }
 
-    /// How many more messages each pool can take: its connections, plus one waiting each.
+    /// How many more messages each pool can take (`PoolRegistry.capacity`).
     private func claimPlan(now t: Double, expire: Bool) -> ClaimPlan {
         return ClaimPlan(
-            now: t, leaseSeconds: settings.queue.leaseSeconds, expire: expire, limit: max(0, 2000 - inFlight), room: pools.room(perConnection: ClaimPlan.messagesPerConnection),
+            now: t, leaseSeconds: settings.queue.leaseSeconds, expire: expire, limit: max(0, 2000 - inFlight), room: pools.room(),
             defaultMaxConnections: settings.delivery.defaultMaxConnections, categories: settings.categories)
     }
 

@@ -15,11 +15,16 @@ struct PoolRegistry {
         self.transport = transport
     }
 
+    /// How many messages a pool is given in all: `ClaimPlan.depth` per connection.
+    static func capacity(_ pool: any SMTPPool) -> Int {
+        pool.limits.maxConnections * ClaimPlan.depth(secondsPerMessage: pool.secondsPerMessage)
+    }
+
     /// Free places per pool that exists (configuration id; nil is the relay), for `ClaimPlan`.
-    func room(perConnection: Int) -> [Int64?: Int] {
+    func room() -> [Int64?: Int] {
         var room: [Int64?: Int] = [:]
         for (key, pool) in pools {
-            let free = pool.limits.maxConnections * perConnection - pool.load
+            let free = Self.capacity(pool) - pool.load
             switch key {
             case .platform: room[nil] = free
             case .config(let id, _): room[id] = free
@@ -30,10 +35,10 @@ struct PoolRegistry {
 
     /// While draining, whether a claim is worth a transaction: some busy pool has a quarter of
     /// its places free again (an idle pool had its chance in the claim that found work).
-    func wantsWork(perConnection: Int) -> Bool {
+    func wantsWork() -> Bool {
         let busy = pools.values.filter { $0.load > 0 }
         return busy.isEmpty || busy.contains { pool in
-            let capacity = pool.limits.maxConnections * perConnection
+            let capacity = Self.capacity(pool)
             return capacity - pool.load >= max(1, capacity / 4)
         }
     }

@@ -213,6 +213,7 @@ final class CurlMultiEngine: @unchecked Sendable {
         let pool = slot.pool
         slot.job = job
         slot.retried = false
+        slot.startedAt = now
         pool.inFlight += 1
         slot.easy.resetConversation()
         if let connection = slot.connection, now - connection.lastUsed > pool.endpoint.maxIdleSeconds {
@@ -313,10 +314,11 @@ final class CurlMultiEngine: @unchecked Sendable {
             // In place: a copy out and back would copy the transaction's buffers on every read.
             guard slot.transaction != nil else { return }
             let event = slot.transaction!.receive(bytes, &slot.easy.capture.transcript)
-            // A final reply before the whole message went out (a server cutting DATA short)
-            // leaves the conversation out of step: that connection is closed, not reused.
+            // A final reply before the whole message went out (a server cutting DATA short),
+            // or a refusal with pipelined replies still owed, leaves the conversation out of
+            // step: that connection is closed, not reused.
             let outOfStep: Bool
-            if case .finished = event, slot.hasOutput {
+            if case .finished = event, slot.hasOutput || slot.transaction!.owesReplies {
                 slot.clearOutput()
                 outOfStep = true
             } else {
@@ -352,6 +354,7 @@ final class CurlMultiEngine: @unchecked Sendable {
         slot.connection = connection
         slot.transaction = nil
         slot.phase = .idle
+        slot.pool.shared.noteSent(seconds: now - slot.startedAt)
         finish(slot, .sent(report))
         if connection.messages >= slot.pool.limits.maxMessagesPerConnection { quit(slot, now: now) }
     }
@@ -513,6 +516,8 @@ private final class Slot {
     var reused = false
     var retried = false
     var deadline = Double.infinity
+    /// When the message in hand was started on this slot.
+    var startedAt = 0.0
     private var outbox: [UInt8] = []
     private var written = 0
 

@@ -47,6 +47,8 @@ public final class CurlMultiPool: SMTPPool {
 
     public var load: Int { shared.load }
 
+    public var secondsPerMessage: Double? { shared.secondsPerMessage }
+
     public func perform(_ work: PoolWork) async -> PoolCompletion {
         await withCheckedContinuation { continuation in
             submit(work) { continuation.resume(returning: $0) }
@@ -125,8 +127,17 @@ final class PoolShared: @unchecked Sendable {
     private var waiters: [Int: @Sendable () -> Void] = [:]
     private var cancelled: Set<Int> = []
     private var nextWaiter = 0
+    private var pace: Double?
 
     var load: Int { lock.withLock { _load } }
+
+    var secondsPerMessage: Double? { lock.withLock { pace } }
+
+    /// A message sent in `seconds` on one connection (the engine's clock, from its start on a
+    /// connection to the server's reply): a moving average that follows a change in a few dozen.
+    func noteSent(seconds: Double) {
+        lock.withLock { pace = pace.map { $0 * 0.9 + seconds * 0.1 } ?? seconds }
+    }
 
     /// Counts one more piece of work in, unless the pool is closed.
     func admit(verify: Bool = false) -> Bool {

@@ -12,10 +12,14 @@ struct SMTPTransaction {
     struct Capabilities: Equatable {
         var size = false
         var smtputf8 = false
+        /// RFC 2920: MAIL, the RCPTs and DATA go out together, which halves the round trips
+        /// per message (four to two with one recipient).
+        var pipelining = false
 
-        init(size: Bool = false, smtputf8: Bool = false) {
+        init(size: Bool = false, smtputf8: Bool = false, pipelining: Bool = false) {
             self.size = size
             self.smtputf8 = smtputf8
+            self.pipelining = pipelining
         }
 
         /// From the conversation so far: the reply to its last EHLO.
@@ -27,6 +31,7 @@ struct SMTPTransaction {
                 let keyword = line.text.dropFirst(4).split(separator: " ").first?.uppercased() ?? ""
                 if keyword == "SIZE" { size = true }
                 if keyword == "SMTPUTF8" { smtputf8 = true }
+                if keyword == "PIPELINING" { pipelining = true }
             }
         }
     }
@@ -65,6 +70,15 @@ struct SMTPTransaction {
     private var partial: [UInt8] = []
     private var acceptedRecipients = 0
     private var lastRecipientError = 0
+    /// Pipelined commands not answered yet. Each enters the transcript when its reply starts,
+    /// so the transcript reads as the lock-step conversation its readers expect (a RCPT line,
+    /// then its reply) and names the last command the server answered.
+    private var ahead: [String] = []
+    private var replyStarted = false
+
+    /// Pipelined commands are still unanswered: after a refusal the connection is out of step
+    /// and is closed rather than reused or QUIT (the server may even be reading a message).
+    var owesReplies: Bool { !ahead.isEmpty }
 
     init(from sender: String, to recipients: [String], message: [UInt8], capabilities: Capabilities) {
         self.sender = sender
@@ -81,7 +95,9 @@ struct SMTPTransaction {
         if capabilities.smtputf8 && ([sender] + recipients).contains(where: { !$0.utf8.allSatisfy { $0 < 0x80 } }) {
             command += " SMTPUTF8"
         }
-        return self.command(command, &transcript)
+        guard capabilities.pipelining, !recipients.isEmpty else { return self.command(command, &transcript) }
+        ahead = [command] + recipients.map { "RCPT TO:<\($0)>" } + ["DATA"]
+        return Array(ahead.map { $0 + "\r\n" }.joined().utf8)
     }
 
     /// Takes what the server sent; at most one event per complete reply, the last one wins
@@ -95,9 +111,13 @@ struct SMTPTransaction {
             partial.removeAll(keepingCapacity: true)
             while let last = line.last, last == UInt8(ascii: "\n") || last == UInt8(ascii: "\r") { line.removeLast() }
             let text = String(decoding: line, as: UTF8.self)
+            if !replyStarted, !ahead.isEmpty { transcript.append(.client, chunk: ahead.removeFirst()) }
+            replyStarted = true
             transcript.append(.server, chunk: text)
-            guard case .wait = event, let code = Self.finalCode(line) else { continue }
-            event = reply(code, &transcript)
+            guard let code = Self.finalCode(line) else { continue }
+            replyStarted = false
+            guard case .wait = event else { continue }
+            event = pipelining ? pipelinedReply(code, &transcript) : reply(code, &transcript)
         }
         return event
     }
@@ -108,6 +128,36 @@ struct SMTPTransaction {
         guard line.count >= 3, line[0...2].allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }) else { return nil }
         guard line.count == 3 || line[3] == UInt8(ascii: " ") else { return nil }
         return Int(line[0] - 0x30) * 100 + Int(line[1] - 0x30) * 10 + Int(line[2] - 0x30)
+    }
+
+    private var pipelining: Bool { capabilities.pipelining && !recipients.isEmpty }
+
+    /// A reply within a pipeline: nothing more is sent until DATA's reply. A refusal ends the
+    /// transaction at once, as in lock step, with the replies still owed unread.
+    private mutating func pipelinedReply(_ code: Int, _ transcript: inout SMTPTranscript) -> Event {
+        switch step {
+        case .mail:
+            guard code / 100 == 2 else { return fail(Code.sendError, "MAIL failed: \(code)", code) }
+            step = .rcpt(0)
+            return .wait
+        case .rcpt(let index):
+            if code / 100 == 2 {
+                acceptedRecipients += 1
+            } else {
+                lastRecipientError = code
+            }
+            if index + 1 < recipients.count {
+                step = .rcpt(index + 1)
+                return .wait
+            }
+            guard acceptedRecipients > 0 else {
+                return fail(Code.sendError, "RCPT failed: \(lastRecipientError) (last error)", code)
+            }
+            step = .data
+            return .wait
+        case .data, .body, .done:
+            return reply(code, &transcript)
+        }
     }
 
     private mutating func reply(_ code: Int, _ transcript: inout SMTPTranscript) -> Event {

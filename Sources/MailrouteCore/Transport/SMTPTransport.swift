@@ -15,6 +15,9 @@ public protocol SMTPPool: AnyObject, Sendable {
     var limits: PoolLimits { get }
     /// Work waiting or in hand: the dispatcher claims no more than the pool can take.
     var load: Int { get }
+    /// How long one connection has lately taken per message sent (nil: no measure yet); the
+    /// dispatcher gives a fast pool more messages in hand (`ClaimPlan.depth`).
+    var secondsPerMessage: Double? { get }
     /// Runs `work` on one of the pool's connections.
     func perform(_ work: PoolWork) async -> PoolCompletion
     /// Stops taking work: queued work completes `.notStarted`, work in hand finishes, then

@@ -91,6 +91,8 @@ private final class FakePool: SMTPPool, @unchecked Sendable {
 
     var load: Int { lock.withLock { inHand } }
 
+    var secondsPerMessage: Double? { nil }
+
     func perform(_ work: PoolWork) async -> PoolCompletion {
         let open = lock.withLock { () -> Bool in
             guard !closed else { return false }

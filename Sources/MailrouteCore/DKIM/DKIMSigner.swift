@@ -153,17 +153,20 @@ enum Canonical {
         return out
     }
 
-    /// SHA-256 of the relaxed body, computed in one pass without a copy of the whole body:
-    /// whitespace at line ends dropped, runs made one space, empty lines at the end dropped,
-    /// a final CRLF when the body is not empty.
+    /// SHA-256 of the relaxed body, computed in one pass: whitespace at line ends dropped,
+    /// runs made one space, empty lines at the end dropped, a final CRLF when the body is not
+    /// empty. The canonical body is never longer than the body plus that CRLF, so it is
+    /// written through a pointer into one buffer of that size (array appends cost more than
+    /// the hash itself, perf).
     static func relaxedBodyHash(_ body: ArraySlice<UInt8>) -> SHA256.Digest {
         var hasher = SHA256()
-        var out: [UInt8] = []
-        out.reserveCapacity(65_536)
-        var emptyLines = 0
         body.withUnsafeBufferPointer { bytes in
-            var i = 0
             let n = bytes.count
+            let out = UnsafeMutableBufferPointer<UInt8>.allocate(capacity: n + 2)
+            defer { out.deallocate() }
+            var o = 0
+            var emptyLines = 0
+            var i = 0
             while i < n {
                 var pendingSpace = false
                 var hasContent = false
@@ -182,29 +185,32 @@ enum Canonical {
                     }
                     if !hasContent {
                         hasContent = true
+                        // Empty lines within the body stay: each took two bytes of input.
                         for _ in 0..<emptyLines {
-                            out.append(13)
-                            out.append(10)
+                            out[o] = 13
+                            out[o + 1] = 10
+                            o += 2
                         }
                         emptyLines = 0
                     }
-                    if pendingSpace { out.append(32) }
+                    if pendingSpace {
+                        out[o] = 32
+                        o += 1
+                    }
                     pendingSpace = false
-                    out.append(b)
+                    out[o] = b
+                    o += 1
                 }
                 if hasContent {
-                    out.append(13)
-                    out.append(10)
+                    out[o] = 13
+                    out[o + 1] = 10
+                    o += 2
                 } else if terminated {
                     emptyLines += 1
                 }
-                if out.count >= 60_000 {
-                    hasher.update(data: out)
-                    out.removeAll(keepingCapacity: true)
-                }
             }
+            hasher.update(bufferPointer: UnsafeRawBufferPointer(UnsafeMutableBufferPointer(rebasing: out[..<o])))
         }
-        hasher.update(data: out)
         return hasher.finalize()
     }
 }

@@ -24,9 +24,14 @@ public struct ClaimPlan: Sendable {
 
     /// Messages per connection a pool is given: `workInHandSeconds` of its recent pace, at
     /// least two, at most `maxMessagesPerConnection`. A slow server gets two per connection,
-    /// so a password reset claimed after a report waits behind at most two of them.
-    public static func depth(secondsPerMessage: Double?) -> Int {
-        guard let pace = secondsPerMessage, pace > 0 else { return messagesPerConnection }
+    /// so a password reset claimed after a report waits behind at most two of them; so does
+    /// a rate-limited pool, whose pace is its limit however fast its server answers.
+    public static func depth(secondsPerMessage: Double?, limits: PoolLimits) -> Int {
+        var pace = secondsPerMessage ?? 0
+        if let rate = limits.ratePerMinute, rate > 0 {
+            pace = max(pace, 60 / Double(rate) * Double(limits.maxConnections))
+        }
+        guard pace > 0 else { return messagesPerConnection }
         let fits = workInHandSeconds / pace
         guard fits.isFinite else { return maxMessagesPerConnection }
         return min(maxMessagesPerConnection, max(messagesPerConnection, Int(fits)))

@@ -17,7 +17,7 @@ struct PoolRegistry {
 
     /// How many messages a pool is given in all: `ClaimPlan.depth` per connection.
     static func capacity(_ pool: any SMTPPool) -> Int {
-        pool.limits.maxConnections * ClaimPlan.depth(secondsPerMessage: pool.secondsPerMessage)
+        pool.limits.maxConnections * ClaimPlan.depth(secondsPerMessage: pool.secondsPerMessage, limits: pool.limits)
     }
 
     /// Free places per pool that exists (configuration id; nil is the relay), for `ClaimPlan`.

@@ -149,8 +149,12 @@ import Testing
         #expect(relay.messages().isEmpty)
     }
 
-    @Test func everyRecipientRefusedFailsWithoutFallback() throws {
-        let server = try SMTPTestServer.fault("--reject-rcpt", "a@example.com", "--reject-rcpt", "b@example.com")
+    /// Each of these runs in lock step and pipelined (RFC 2920), where the refusals come in
+    /// one batch of replies and the connection is out of step after them.
+    static let pipelining: [[String]] = [[], ["--pipelining"]]
+
+    @Test(arguments: pipelining) func everyRecipientRefusedFailsWithoutFallback(_ mode: [String]) throws {
+        let server = try SMTPTestServer(script: "fault_server.py", arguments: mode + ["--reject-rcpt", "a@example.com", "--reject-rcpt", "b@example.com"])
         try add("main", port: server.port)
         try daemon.start()
         let id = try daemon.enqueue(to: ["a@example.com", "b@example.com"])
@@ -160,22 +164,27 @@ import Testing
         #expect(try daemon.attempts(id).last?.smtpCode == 550)
         #expect(relay.messages().isEmpty)
         #expect(try daemon.config("acme", "main").status != .error)
+        // The connection after the refusal still carries the next message.
+        let next = try daemon.enqueue(to: ["c@example.com"])
+        #expect(try daemon.waitFor(next, .sent).status == .sent)
+        #expect(server.events().contains("pipelined") == !mode.isEmpty)
     }
 
-    @Test func rejectionAfterDataFails() throws {
-        let server = try SMTPTestServer.fault("--reject-data")
+    /// Pipelined, the 503s that follow a refused MAIL are not what the configuration is marked with.
+    @Test func aPipelinedRefusedSenderMarksTheConfigurationWithItsOwnReply() throws {
+        let server = try SMTPTestServer.fault("--pipelining", "--reject-from", "main@acme.test")
         try add("main", port: server.port)
         try daemon.start()
         let id = try daemon.enqueue()
-        let row = try daemon.waitFor(id, .failed)
-        #expect(row.status == .failed)
-        #expect(row.lastErrorKind == "message_rejected")
-        #expect(row.lastError?.hasPrefix("554 5.7.1") == true)
-        #expect(relay.messages().isEmpty)
+        #expect(try daemon.waitFor(id, .sent).route == .fallback)
+        let config = try daemon.config("acme", "main")
+        #expect(config.errorKind == .fromRejected)
+        #expect(config.errorText?.hasPrefix("553 5.7.1 <main@acme.test>") == true, "\(config.errorText ?? "")")
+        #expect(server.events().contains("pipelined"))
     }
 
-    @Test func someRecipientsRefusedSendsToTheRestAndRecordsThem() throws {
-        let server = try SMTPTestServer.fault("--reject-rcpt", "gone@example.com")
+    @Test(arguments: pipelining) func someRecipientsRefusedSendsToTheRestAndRecordsThem(_ mode: [String]) throws {
+        let server = try SMTPTestServer(script: "fault_server.py", arguments: mode + ["--reject-rcpt", "gone@example.com"])
         try add("main", port: server.port)
         try daemon.start()
         let id = try daemon.enqueue(to: ["ok@example.com", "gone@example.com"])

@@ -119,6 +119,56 @@ import Testing
         #expect(SMTPTransaction.finalCode(Array("ok 250".utf8)) == nil)
     }
 
+    /// RFC 2920: MAIL, the RCPTs and DATA in one write, the body after DATA's 354; the
+    /// transcript still reads in lock step, so refused recipients pair with their replies.
+    @Test func pipelinedWhenTheServerOffersIt() {
+        var ehlo = SMTPTranscript()
+        ehlo.append(.client, chunk: "EHLO mailroute.test")
+        ehlo.append(.server, chunk: "250-mx\r\n250-PIPELINING\r\n250 8BITMIME")
+        let capabilities = SMTPTransaction.Capabilities(ehlo)
+        #expect(capabilities == .init(pipelining: true))
+        var transcript = SMTPTranscript()
+        var t = SMTPTransaction(from: "a@acme.test", to: ["gone@example.com", "b@example.com"], message: Array("x\r\n".utf8), capabilities: capabilities)
+        #expect(text(t.begin(&transcript)) == "MAIL FROM:<a@acme.test>\r\nRCPT TO:<gone@example.com>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n")
+        #expect(transcript.lines.isEmpty, "a command enters the transcript with its reply")
+        // The replies may come in one read or several.
+        #expect(feed(&t, "250 2.1.0 Ok\r\n550 5.1.1 <gone@example.com>: User unknown\r\n", &transcript) == .wait)
+        #expect(t.owesReplies)
+        #expect(feed(&t, "250 2.1.5 Ok\r\n354 go\r\n", &transcript) == .send(Array("x\r\n.\r\n".utf8)))
+        #expect(!t.owesReplies)
+        #expect(feed(&t, "250 2.0.0 Ok: queued as P1\r\n", &transcript) == .finished(.accepted))
+        #expect(transcript.lines.map(\.text) == [
+            "MAIL FROM:<a@acme.test>", "250 2.1.0 Ok", "RCPT TO:<gone@example.com>", "550 5.1.1 <gone@example.com>: User unknown",
+            "RCPT TO:<b@example.com>", "250 2.1.5 Ok", "DATA", "354 go", "250 2.0.0 Ok: queued as P1",
+        ])
+        let report = SendReport(transcript, newConnection: false)
+        #expect(report.refused.map(\.address) == ["gone@example.com"])
+        #expect(report.reply?.line == "250 2.0.0 Ok: queued as P1")
+    }
+
+    /// A refusal in a pipeline ends the send at once, named as in lock step (the sender's, or
+    /// every recipient's), with replies still owed: the engine closes that connection.
+    @Test func aRefusalInAPipeline() throws {
+        let pipelining = SMTPTransaction.Capabilities(pipelining: true)
+        var transcript = SMTPTranscript()
+        var sender = SMTPTransaction(from: "a@acme.test", to: ["b@example.com"], message: Array("x\r\n".utf8), capabilities: pipelining)
+        _ = sender.begin(&transcript)
+        let refusedSender = feed(&sender, "553 5.7.1 Sender address rejected\r\n503 5.5.1 need MAIL\r\n", &transcript)
+        #expect(refusedSender == .finished(.failed(curlCode: 55, message: "MAIL failed: 553", responseCode: 553)))
+        #expect(sender.owesReplies)
+        let error = try classify(refusedSender, transcript)
+        #expect(error.kind == .fromRejected)
+        #expect(error.text == "553 5.7.1 Sender address rejected", "the sender's refusal, not what followed it")
+
+        transcript = SMTPTranscript()
+        var nobody = SMTPTransaction(from: "a@acme.test", to: ["x@example.com", "y@example.com"], message: Array("x\r\n".utf8), capabilities: pipelining)
+        _ = nobody.begin(&transcript)
+        let refusedAll = feed(&nobody, "250 Ok\r\n450 4.2.0 later\r\n550 5.1.1 unknown\r\n554 5.5.1 no valid recipients\r\n", &transcript)
+        #expect(refusedAll == .finished(.failed(curlCode: 55, message: "RCPT failed: 550 (last error)", responseCode: 550)))
+        #expect(try classify(refusedAll, transcript).kind == .recipientRejected)
+        #expect(nobody.owesReplies, "DATA's reply was not read as part of the send")
+    }
+
     @Test func dotStuffingAndTheEndOfData() {
         #expect(text(SMTPTransaction.stuffed(Array(".first\r\nmid\r\n.\r\nlast".utf8))) == "..first\r\nmid\r\n..\r\nlast\r\n.\r\n")
         #expect(text(SMTPTransaction.stuffed(Array("a\r\n".utf8))) == "a\r\n.\r\n")

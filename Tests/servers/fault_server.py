@@ -14,6 +14,11 @@ Faults (counted across all connections):
   --drop-after N           close the connection after accepting the Nth message
   --reject-rcpt ADDR       550 for that recipient (repeatable)
   --tempfail-rcpt ADDR     450 for that recipient (repeatable)
+  --reject-from ADDR       553 for that sender (repeatable)
+  --pipelining             offer PIPELINING (RFC 2920): then RCPT without an accepted MAIL
+                           and DATA without an accepted RCPT are refused (503, 554) as
+                           Postfix does, and a MAIL that arrives with more commands behind
+                           it is logged as the event "pipelined"
 """
 import argparse
 import asyncio
@@ -34,6 +39,8 @@ p.add_argument("--cut-data", type=int, default=0)
 p.add_argument("--drop-after", type=int, default=0)
 p.add_argument("--reject-rcpt", action="append", default=[])
 p.add_argument("--tempfail-rcpt", action="append", default=[])
+p.add_argument("--reject-from", action="append", default=[])
+p.add_argument("--pipelining", action="store_true")
 args = p.parse_args()
 os.makedirs(args.out, exist_ok=True)
 state = {"data": 0, "stored": 0}
@@ -74,10 +81,22 @@ async def session(reader, writer):
             verb = line.decode(errors="replace").strip().split(" ")[0].upper()
             arg = line.decode(errors="replace").strip()[len(verb):].strip()
             if verb in ("EHLO", "HELO"):
-                writer.write(b"250-fault.test\r\n250-8BITMIME\r\n250 SIZE 104857600\r\n")
+                offer = b"250-PIPELINING\r\n" if args.pipelining else b""
+                writer.write(b"250-fault.test\r\n" + offer + b"250-8BITMIME\r\n250 SIZE 104857600\r\n")
             elif verb == "MAIL":
-                mail_from, rcpts = arg.split(":", 1)[1].strip().split(" ")[0].strip("<>"), []
-                writer.write(b"250 2.1.0 Ok\r\n")
+                if len(reader._buffer) > 0:  # what the client sent before waiting for this reply
+                    event("pipelined")
+                sender, rcpts = arg.split(":", 1)[1].strip().split(" ")[0].strip("<>"), []
+                if sender in args.reject_from:
+                    mail_from = None
+                    writer.write(b"553 5.7.1 <%s>: Sender address rejected: not owned by user\r\n" % sender.encode())
+                else:
+                    mail_from = sender
+                    writer.write(b"250 2.1.0 Ok\r\n")
+            elif verb == "RCPT" and args.pipelining and mail_from is None:
+                writer.write(b"503 5.5.1 Error: need MAIL command\r\n")
+            elif verb == "DATA" and args.pipelining and not rcpts:
+                writer.write(b"554 5.5.1 Error: no valid recipients\r\n")
             elif verb == "RCPT":
                 address = arg.split(":", 1)[1].strip().split(" ")[0].strip("<>")
                 if address in args.reject_rcpt:

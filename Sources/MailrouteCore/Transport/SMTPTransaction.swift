@@ -101,7 +101,7 @@ struct SMTPTransaction {
     }
 
     /// Takes what the server sent; at most one event per complete reply, the last one wins
-    /// (a server speaks only when spoken to).
+    /// (a server speaks only when spoken to), and nothing after the one that finishes the send.
     mutating func receive(_ bytes: some Sequence<UInt8>, _ transcript: inout SMTPTranscript) -> Event {
         var event = Event.wait
         for byte in bytes {
@@ -118,6 +118,9 @@ struct SMTPTransaction {
             replyStarted = false
             guard case .wait = event else { continue }
             event = pipelining ? pipelinedReply(code, &transcript) : reply(code, &transcript)
+            // The end: what follows (replies a refused pipeline still owed) is not this send's,
+            // and must not become its last reply.
+            if case .finished = event { return event }
         }
         return event
     }

@@ -116,27 +116,28 @@ extension QueueStore {
     /// with its route resolved against the routing as committed.
     public func claimBatch(_ plan: ClaimPlan) async throws -> ClaimBatch {
         try await pool.write { db in
+            // Statements prepared once: a claim runs every few milliseconds while draining.
             // A lease that ran out means a daemon died mid-send: at-least-once, so send again.
-            try db.execute(
+            try db.cachedStatement(
                 sql: """
                     UPDATE messages SET status = CASE WHEN attempts > 0 THEN 'deferred' ELSE 'queued' END,
                                         lease_until = NULL
                     WHERE status = 'sending' AND lease_until < ?
-                    """, arguments: [plan.now])
+                    """
+            ).execute(arguments: [plan.now])
             let table = try self.routing(db)
             // Retries whose time has come join the line, in their place by priority and age.
-            try db.execute(
-                sql: "UPDATE messages SET status = 'queued' WHERE status = 'deferred' AND next_attempt_at <= ?",
-                arguments: [plan.now])
+            try db.cachedStatement(sql: "UPDATE messages SET status = 'queued' WHERE status = 'deferred' AND next_attempt_at <= ?")
+                .execute(arguments: [plan.now])
 
             let fresh = try Row.fetchAll(
-                db,
+                db.cachedStatement(
                 sql: """
                     SELECT id, tenant, advertiser, cname, category, priority, send_at, expires_at, created_at
                     FROM messages INDEXED BY messages_unadmitted_due
                     WHERE effective_priority IS NULL AND status = 'queued' AND coalesce(send_at, created_at) <= ?
                     ORDER BY coalesce(send_at, created_at) LIMIT ?
-                    """, arguments: [plan.now, Self.admissionSlice]
+                    """), arguments: [plan.now, Self.admissionSlice]
             ).map { row in
                 AdmissionRow(
                     id: row["id"],
@@ -170,12 +171,12 @@ extension QueueStore {
             var chooser = ClaimPlan.Chooser(plan: plan)
             var chosen: [(id: Int64, resolution: RouteResolution)] = []
             let rows = try Row.fetchCursor(
-                db,
-                sql: """
-                    SELECT id, tenant, advertiser, cname, category FROM messages INDEXED BY messages_ready
-                    WHERE status = 'queued' AND effective_priority IS NOT NULL
-                    ORDER BY effective_priority, id LIMIT 500
-                    """)
+                db.cachedStatement(
+                    sql: """
+                        SELECT id, tenant, advertiser, cname, category FROM messages INDEXED BY messages_ready
+                        WHERE status = 'queued' AND effective_priority IS NOT NULL
+                        ORDER BY effective_priority, id LIMIT 500
+                        """))
             while !chooser.isDone, let row = try rows.next() {
                 let keys = RoutingKeys(tenant: row[1], advertiser: row[2], cname: row[3], category: row[4])
                 let resolution = Router.resolve(keys, in: table, explain: false)

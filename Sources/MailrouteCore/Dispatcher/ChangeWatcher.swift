@@ -77,6 +77,8 @@ final class WALWatcher: @unchecked Sendable {
         if changed && !quiet { doorbell.ring() }
     }
 
+    private var isQuiet: Bool { watch.withLock { $0 < 0 } }
+
     /// The thread stops within its 500 ms poll and closes the descriptor itself; nobody
     /// waits for it (the caller may be on Swift's cooperative pool).
     func cancel() {
@@ -95,6 +97,7 @@ final class WALWatcher: @unchecked Sendable {
         // (a sleeping watcher made an idle pickup wait ~25 ms).
         var relook: Int32? = nil
         while !stop.isSet {
+            if isQuiet { relook = nil }
             let ready = poll(&pfd, 1, relook ?? 500) > 0
             if ready && drainEvents(&buffer) {
                 doorbell.ring()

@@ -71,6 +71,42 @@ import Testing
         #expect(health.consecutiveTimeouts(config) == 0, "edited connection settings start afresh")
     }
 
+    /// A trip counts at once, before the routing shows it: claims plan around it and
+    /// deliveries holding the older snapshot do not try again (a refused login is not repeated).
+    @Test func aTripCountsBeforeTheRoutingShowsIt() {
+        var health = ConfigHealth(breakerTimeouts: 3, cooldownSeconds: 300)
+        var config = SMTPConfigRecord(tenant: "t", name: "n", host: "h", fromAddress: "a@h.test")
+        config.id = 7
+        config.maxConnections = 1
+        health.trip(config, now: 1000)
+        #expect(health.isDown(config))
+        #expect(health.trippedVersions == [7: config.settingsVersion])
+        let plan = ClaimPlan(now: 1000, leaseSeconds: 300, expire: false, limit: 10, room: [nil: 1], defaultMaxConnections: 4, categories: [:])
+        var planned = plan
+        planned.down = health.trippedVersions
+        let candidate = [(id: Int64(1), resolution: RouteResolution(config: config, step: .default, trail: []))]
+        #expect(plan.choose(candidate + candidate) == [0, 1], "as committed it is up: its own room")
+        #expect(planned.choose(candidate + candidate) == [0], "tripped: the relay's room of one")
+
+        health.read([7: config], now: 1005)
+        #expect(health.isDown(config), "the routing read before the status was written")
+        var down = config
+        (down.status, down.errorKind) = (.error, .authFailed)
+        health.read([7: down], now: 1006)
+        #expect(!health.isDown(config) && health.isDown(down), "now the status says it")
+        health.trip(config, now: 2000)
+        health.read([7: config], now: 2011)
+        #expect(!health.isDown(config), "a status write that never landed bars it ten seconds at most")
+        health.trip(config, now: 3000)
+        var edited = config
+        edited.settingsVersion += 1
+        health.read([7: edited], now: 3001)
+        #expect(!health.isDown(edited), "new settings start afresh")
+        health.trip(config, now: 4000)
+        health.probeFinished(config, succeeded: true)
+        #expect(!health.isDown(config), "a probe that got through")
+    }
+
     @Test func failedProbesDoubleTheWaitUpToAnHour() {
         let health = ConfigHealth(breakerTimeouts: 3, cooldownSeconds: 300)
         #expect(health.firstProbe(now: 1000) == 1300)

@@ -37,6 +37,9 @@ public struct ClaimPlan: Sendable {
         return min(maxMessagesPerConnection, max(messagesPerConnection, Int(fits)))
     }
     public var defaultMaxConnections: Int
+    /// Configurations this daemon has tripped that the committed routing may not show yet
+    /// (id → settings version): treated as down.
+    public var down: [Int64: Int] = [:]
     /// The category defaults (priority, TTL) that admission applies.
     public var categories: [String: MailrouteConfiguration.Category]
 
@@ -99,7 +102,7 @@ public struct ClaimPlan: Sendable {
 
         mutating func take(_ resolution: RouteResolution) -> Bool {
             var target = resolution.config?.id
-            if let config = resolution.config, DeliveryPolicy.isDown(config) {
+            if let config = resolution.config, DeliveryPolicy.isDown(config) || plan.isTripped(config) {
                 if config.fallback == .none { return took() }
                 target = nil
             }
@@ -118,6 +121,10 @@ public struct ClaimPlan: Sendable {
             skippedSinceTake = 0
             return true
         }
+    }
+
+    func isTripped(_ config: SMTPConfigRecord) -> Bool {
+        config.id.map { down[$0] == config.settingsVersion } ?? false
     }
 
     fileprivate func fresh(_ config: SMTPConfigRecord?, target: Int64?) -> Int {

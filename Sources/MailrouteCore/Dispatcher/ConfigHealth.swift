@@ -1,7 +1,9 @@
 /// Whether each configuration may be used, in one place (SPEC §4, "What trips a
 /// configuration"). Up or down is the database's status, which every daemon and
 /// `mailroutectl verify` share; this type adds only what a status cannot hold: the count of
-/// consecutive connect timeouts that the breaker weighs, and the probes in flight. A pure
+/// consecutive connect timeouts that the breaker weighs, the probes in flight, and the
+/// configurations this daemon tripped whose new status its routing has not read back yet
+/// (a claim or a delivery holding the older snapshot must not try them again). A pure
 /// state machine: times come in as arguments.
 public struct ConfigHealth: Sendable {
     public var breakerTimeouts: Int
@@ -11,6 +13,10 @@ public struct ConfigHealth: Sendable {
 
     private var timeouts: [Identity: Int] = [:]
     private var probing: Set<Int64> = []
+    /// When each was tripped: the memory lasts until the routing shows the status, and at
+    /// most `tripMemorySeconds` (a status write that failed must not bar it for ever).
+    private var tripped: [Identity: Double] = [:]
+    static let tripMemorySeconds = 10.0
 
     /// Counts belong to one version of a configuration's connection settings.
     struct Identity: Hashable {
@@ -24,6 +30,31 @@ public struct ConfigHealth: Sendable {
     }
 
     public static func isDown(_ config: SMTPConfigRecord) -> Bool { DeliveryPolicy.isDown(config) }
+
+    /// Down by its status, or tripped here since that status was read.
+    public func isDown(_ config: SMTPConfigRecord) -> Bool {
+        Self.isDown(config) || identity(config).map { tripped[$0] != nil } ?? false
+    }
+
+    /// This daemon is recording the configuration as down.
+    public mutating func trip(_ config: SMTPConfigRecord, now: Double) {
+        if let key = identity(config) { tripped[key] = now }
+    }
+
+    /// The configurations tripped here and not yet seen down, by id and settings version, for
+    /// `ClaimPlan.down`.
+    public var trippedVersions: [Int64: Int] {
+        Dictionary(tripped.keys.map { ($0.id, $0.settingsVersion) }, uniquingKeysWith: max)
+    }
+
+    /// The routing as read: a trip it shows (or that new settings or a deletion made moot)
+    /// needs no memory of its own any more.
+    public mutating func read(_ configs: [Int64: SMTPConfigRecord], now: Double) {
+        tripped = tripped.filter { key, at in
+            guard let config = configs[key.id], config.settingsVersion == key.settingsVersion else { return false }
+            return !Self.isDown(config) && now - at < Self.tripMemorySeconds
+        }
+    }
 
     /// A connect or greeting timeout: whether it is the last straw that trips the configuration.
     public mutating func timedOut(_ config: SMTPConfigRecord) -> Bool {
@@ -73,7 +104,10 @@ public struct ConfigHealth: Sendable {
 
     public mutating func probeFinished(_ config: SMTPConfigRecord, succeeded: Bool) {
         if let id = config.id { probing.remove(id) }
-        if succeeded { reached(config) }
+        if succeeded {
+            reached(config)
+            if let key = identity(config) { tripped[key] = nil }
+        }
     }
 
     private func identity(_ config: SMTPConfigRecord) -> Identity? {

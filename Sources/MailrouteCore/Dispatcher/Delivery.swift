@@ -35,7 +35,7 @@ struct Delivery {
                 return
             }
         }
-        if ConfigHealth.isDown(config) {
+        if await dispatcher.isDown(config) {
             // Not tried: its mail goes to the relay, or waits for the probe that brings it back.
             if let fallback = plan.fallbackIdentity {
                 await viaPlatform(identity: fallback, route: .fallback, earlier: [])

@@ -201,14 +201,17 @@ public actor Dispatcher: Service {
     /// pools retired whose configuration's connection settings changed.
     private func refreshRouting() async throws {
         routing = try await store.currentRouting()
+        health.read(routing.configs, now: now())
         retired += pools.retireStale(routing)
     }
 
     /// How many more messages each pool can take (`PoolRegistry.capacity`).
     private func claimPlan(now t: Double, expire: Bool) -> ClaimPlan {
-        return ClaimPlan(
+        var plan = ClaimPlan(
             now: t, leaseSeconds: settings.queue.leaseSeconds, expire: expire, limit: max(0, 2000 - inFlight), room: pools.room(),
             defaultMaxConnections: settings.delivery.defaultMaxConnections, categories: settings.categories)
+        plan.down = health.trippedVersions
+        return plan
     }
 
     private func deliver(_ claimed: ClaimedMessage) async {
@@ -223,6 +226,8 @@ public actor Dispatcher: Service {
     // MARK: - What a delivery asks of the dispatcher
 
     var retryPolicy: RetryPolicy { RetryPolicy(settings.delivery) }
+
+    func isDown(_ config: SMTPConfigRecord) -> Bool { health.isDown(config) }
 
     func tenantContext(for config: SMTPConfigRecord, now t: Double) -> TryContext.Tenant {
         TryContext.Tenant(
@@ -279,6 +284,9 @@ public actor Dispatcher: Service {
 
     func markError(_ config: SMTPConfigRecord, error: DeliveryError) async {
         guard let id = config.id else { return }
+        // Before the write: a claim planned meanwhile already sends this configuration's mail
+        // to the relay, and deliveries not yet started do not try it.
+        health.trip(config, now: now())
         let changed = (try? await store.recordConfigStatus(
             id: id, settingsVersion: config.settingsVersion, status: .error, errorKind: error.configErrorKind, errorText: error.text,
             firstProbeAt: health.firstProbe(now: now()))) ?? false

@@ -328,6 +328,38 @@ import Testing
         #expect(pool.load == 0)
     }
 
+    /// Work that waited too long behind a slow server comes back not started, before its lease
+    /// could run out and a second claim send it again; the send in hand finishes.
+    @Test func workWaitingPastItsLimitComesBackNotStarted() throws {
+        let server = try SMTPTestServer.fault("--delay-data", "2")
+        var limits = Self.limits(max: 1)
+        limits.maxQueueWait = 0.5
+        let pool = transport.makePool(name: "slow", endpoint: Self.endpoint(server.port), limits: limits)
+        let done = Self.sendAll([(pool, "in hand"), (pool, "second"), (pool, "third")], timeout: 20)
+        #expect(Self.isSent(done["in hand"]), "\(done)")
+        #expect(Self.isNotStarted(done["second"]) && Self.isNotStarted(done["third"]), "\(done)")
+        #expect(server.messages().count == 1)
+        #expect(pool.load == 0)
+        Self.close([pool])
+    }
+
+    /// A pipelining server's replies each restart the command timeout: three recipients the
+    /// server takes 0.6 s each to accept fit a 1 s timeout (one timeout for the whole pipeline
+    /// would not).
+    @Test func eachPipelinedReplyRestartsTheCommandTimeout() throws {
+        let server = try SMTPTestServer.fault("--pipelining", "--delay-rcpt", "0.6")
+        let pool = transport.makePool(name: "patient", endpoint: Self.endpoint(server.port, commandTimeout: 1), limits: Self.limits(max: 1))
+        let timeline = Timeline()
+        (pool as! CurlMultiPool).submit(.send(from: "sender@acme.test", to: ["a@example.com", "b@example.com", "c@example.com"], data: Self.message("three"))) {
+            timeline.record("three", $0)
+        }
+        #expect(waitUntil(timeout: 20) { timeline.count == 1 })
+        #expect(Self.isSent(timeline.all.first?.completion), "\(timeline.all)")
+        #expect(try #require(server.messages().first).envelope.rcpt_tos == ["a@example.com", "b@example.com", "c@example.com"])
+        #expect(server.events().contains("pipelined"))
+        Self.close([pool])
+    }
+
     @Test func closeGivesUpAfterItsTimeout() throws {
         let server = try SMTPTestServer.fault("--delay-data", "3")
         let pool = transport.makePool(name: "slow", endpoint: Self.endpoint(server.port), limits: Self.limits(max: 1)) as! CurlMultiPool

@@ -52,9 +52,11 @@ import _CryptoExtras
         #expect(Canonical.relaxedBodyHash(Array("\r\n\r\n".utf8)[...]) == SHA256Hash.of(""))
         #expect(Canonical.relaxedBodyHash(Array("a".utf8)[...]) == SHA256Hash.of("a\r\n"), "a final CRLF is added")
         #expect(Canonical.relaxedBodyHash(Array("a\r\n \r\nb  \r\n\t\r\n".utf8)[...]) == SHA256Hash.of("a\r\n\r\nb\r\n"))
-        // Larger than the 60 kB chunk the hasher is fed in.
+        // Larger than the 64 KiB buffer the hasher is fed from, in content and in empty lines.
         let big = String(repeating: "x  y\t\r\n", count: 20_000)
         #expect(Canonical.relaxedBodyHash(Array(big.utf8)[...]) == SHA256Hash.of(String(repeating: "x y\r\n", count: 20_000)))
+        let gap = "a\r\n" + String(repeating: "\r\n", count: 40_000) + "b\r\n\r\n"
+        #expect(Canonical.relaxedBodyHash(Array(gap.utf8)[...]) == SHA256Hash.of("a\r\n" + String(repeating: "\r\n", count: 40_000) + "b\r\n"))
     }
 
     @Test func headerFieldsKeepFoldingAndFindTheBody() {

@@ -233,6 +233,7 @@ import Testing
         #expect(ClaimPlan.depth(secondsPerMessage: 0.005, limits: four) == 10)
         #expect(ClaimPlan.depth(secondsPerMessage: 0.0007, limits: four) == 16, "a loopback sink: capped")
         #expect(ClaimPlan.depth(secondsPerMessage: 0, limits: four) == 2, "a nonsense measure counts as none")
+        #expect(ClaimPlan.depth(secondsPerMessage: 1e-300, limits: four) == 16, "no overflow on the way to an Int")
         var limited = four
         limited.ratePerMinute = 600
         #expect(ClaimPlan.depth(secondsPerMessage: 0.0007, limits: limited) == 2, "its rate, not its server, sets the pace")

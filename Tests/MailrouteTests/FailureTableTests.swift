@@ -164,7 +164,7 @@ import Testing
         #expect(try daemon.attempts(id).last?.smtpCode == 550)
         #expect(relay.messages().isEmpty)
         #expect(try daemon.config("acme", "main").status != .error)
-        // The connection after the refusal still carries the next message.
+        // The next message still leaves through that server (pipelined, on a new connection).
         let next = try daemon.enqueue(to: ["c@example.com"])
         #expect(try daemon.waitFor(next, .sent).status == .sent)
         #expect(server.events().contains("pipelined") == !mode.isEmpty)
@@ -181,6 +181,18 @@ import Testing
         #expect(config.errorKind == .fromRejected)
         #expect(config.errorText?.hasPrefix("553 5.7.1 <main@acme.test>") == true, "\(config.errorText ?? "")")
         #expect(server.events().contains("pipelined"))
+    }
+
+    @Test(arguments: pipelining) func rejectionAfterDataFails(_ mode: [String]) throws {
+        let server = try SMTPTestServer(script: "fault_server.py", arguments: mode + ["--reject-data"])
+        try add("main", port: server.port)
+        try daemon.start()
+        let id = try daemon.enqueue()
+        let row = try daemon.waitFor(id, .failed)
+        #expect(row.status == .failed)
+        #expect(row.lastErrorKind == "message_rejected")
+        #expect(row.lastError?.hasPrefix("554 5.7.1") == true)
+        #expect(relay.messages().isEmpty)
     }
 
     @Test(arguments: pipelining) func someRecipientsRefusedSendsToTheRestAndRecordsThem(_ mode: [String]) throws {

@@ -10,6 +10,7 @@ Faults (counted across all connections):
   --tempfail-data N        answer the Nth DATA's end with 451 (others 250)
   --reject-data            answer every DATA's end with 554
   --delay-data SECONDS     wait that long before answering each DATA's end
+  --delay-rcpt SECONDS     wait that long before answering each RCPT
   --cut-data N             close the connection in the middle of the Nth message
   --drop-after N           close the connection after accepting the Nth message
   --reject-rcpt ADDR       550 for that recipient (repeatable)
@@ -35,6 +36,7 @@ p.add_argument("--greeting", type=int)
 p.add_argument("--tempfail-data", type=int, default=0)
 p.add_argument("--reject-data", action="store_true")
 p.add_argument("--delay-data", type=float, default=0)
+p.add_argument("--delay-rcpt", type=float, default=0)
 p.add_argument("--cut-data", type=int, default=0)
 p.add_argument("--drop-after", type=int, default=0)
 p.add_argument("--reject-rcpt", action="append", default=[])
@@ -99,6 +101,8 @@ async def session(reader, writer):
                 writer.write(b"554 5.5.1 Error: no valid recipients\r\n")
             elif verb == "RCPT":
                 address = arg.split(":", 1)[1].strip().split(" ")[0].strip("<>")
+                if args.delay_rcpt:
+                    await asyncio.sleep(args.delay_rcpt)
                 if address in args.reject_rcpt:
                     writer.write(b"550 5.1.1 <%s>: Recipient address rejected: User unknown\r\n" % address.encode())
                 elif address in args.tempfail_rcpt:

@@ -155,16 +155,23 @@ enum Canonical {
 
     /// SHA-256 of the relaxed body, computed in one pass: whitespace at line ends dropped,
     /// runs made one space, empty lines at the end dropped, a final CRLF when the body is not
-    /// empty. The canonical body is never longer than the body plus that CRLF, so it is
-    /// written through a pointer into one buffer of that size (array appends cost more than
-    /// the hash itself, perf).
+    /// empty. The canonical body goes through a 64 KiB buffer written through a pointer
+    /// (array appends cost more than the hash itself, perf), hashed whenever it fills, so a
+    /// large attachment is never copied whole.
     static func relaxedBodyHash(_ body: ArraySlice<UInt8>) -> SHA256.Digest {
         var hasher = SHA256()
+        let capacity = 65_536
+        let out = UnsafeMutableBufferPointer<UInt8>.allocate(capacity: capacity)
+        defer { out.deallocate() }
+        var o = 0
+        /// Room for `count` more bytes, hashing what the buffer holds if need be.
+        func reserve(_ count: Int) {
+            guard o + count > capacity else { return }
+            hasher.update(bufferPointer: UnsafeRawBufferPointer(UnsafeMutableBufferPointer(rebasing: out[..<o])))
+            o = 0
+        }
         body.withUnsafeBufferPointer { bytes in
             let n = bytes.count
-            let out = UnsafeMutableBufferPointer<UInt8>.allocate(capacity: n + 2)
-            defer { out.deallocate() }
-            var o = 0
             var emptyLines = 0
             var i = 0
             while i < n {
@@ -185,14 +192,16 @@ enum Canonical {
                     }
                     if !hasContent {
                         hasContent = true
-                        // Empty lines within the body stay: each took two bytes of input.
+                        // Empty lines within the body stay.
                         for _ in 0..<emptyLines {
+                            reserve(2)
                             out[o] = 13
                             out[o + 1] = 10
                             o += 2
                         }
                         emptyLines = 0
                     }
+                    reserve(2)
                     if pendingSpace {
                         out[o] = 32
                         o += 1
@@ -202,6 +211,7 @@ enum Canonical {
                     o += 1
                 }
                 if hasContent {
+                    reserve(2)
                     out[o] = 13
                     out[o + 1] = 10
                     o += 2
@@ -209,8 +219,8 @@ enum Canonical {
                     emptyLines += 1
                 }
             }
-            hasher.update(bufferPointer: UnsafeRawBufferPointer(UnsafeMutableBufferPointer(rebasing: out[..<o])))
         }
+        hasher.update(bufferPointer: UnsafeRawBufferPointer(UnsafeMutableBufferPointer(rebasing: out[..<o])))
         return hasher.finalize()
     }
 }

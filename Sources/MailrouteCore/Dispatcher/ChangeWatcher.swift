@@ -36,12 +36,24 @@ final class WALWatcher: @unchecked Sendable {
     private let stop = StopFlag()
     /// The watch on the folder; -1 while quiet.
     private let watch = Locked<Int32>(-1)
+    /// Leaving quiet writes a byte here, so the thread starts its re-looks at once.
+    private let wake: (read: Int32, write: Int32)
 
     /// nil where inotify is not available: the poll interval remains the safety net.
     init?(databasePath: String, doorbell: Doorbell) {
         let url = URL(fileURLWithPath: databasePath)
         let fd = inotify_init1(Int32(IN_CLOEXEC | IN_NONBLOCK))
         guard fd >= 0 else { return nil }
+        var ends: [Int32] = [-1, -1]
+        guard pipe(&ends) == 0 else {
+            close(fd)
+            return nil
+        }
+        for end in ends {
+            _ = fcntl(end, F_SETFL, fcntl(end, F_GETFL) | O_NONBLOCK)
+            _ = fcntl(end, F_SETFD, FD_CLOEXEC)
+        }
+        self.wake = (ends[0], ends[1])
         self.fd = fd
         self.directory = url.deletingLastPathComponent().path
         self.names = [url.lastPathComponent, url.lastPathComponent + "-wal"]
@@ -49,6 +61,8 @@ final class WALWatcher: @unchecked Sendable {
         let wd = inotify_add_watch(fd, directory, mask)
         guard wd >= 0 else {
             close(fd)
+            close(ends[0])
+            close(ends[1])
             return nil
         }
         watch.withLock { $0 = wd }
@@ -59,8 +73,9 @@ final class WALWatcher: @unchecked Sendable {
 
     /// Quiet while the dispatcher drains: it then looks at data_version every millisecond
     /// anyway, and the watch would report each of our own WAL writes — the kernel's inotify
-    /// work on them took a sixth of the database writer's time (perf). Leaving quiet rings
-    /// once, for a commit made while nobody watched.
+    /// work on them took a sixth of the database writer's time (perf). Leaving quiet rings at
+    /// once and starts the re-looks below: a commit made while nobody watched may still be
+    /// waiting for its enqueuer's fsync.
     func setQuiet(_ quiet: Bool) {
         let changed = watch.withLock { wd -> Bool in
             if quiet, wd >= 0 {
@@ -74,7 +89,11 @@ final class WALWatcher: @unchecked Sendable {
             }
             return false
         }
-        if changed && !quiet { doorbell.ring() }
+        if changed && !quiet {
+            doorbell.ring()
+            var byte: UInt8 = 1
+            _ = write(wake.write, &byte, 1)
+        }
     }
 
     private var isQuiet: Bool { watch.withLock { $0 < 0 } }
@@ -87,7 +106,7 @@ final class WALWatcher: @unchecked Sendable {
 
     private func run() {
         var buffer = [UInt8](repeating: 0, count: 4096)
-        var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        var fds = [pollfd(fd: fd, events: Int16(POLLIN), revents: 0), pollfd(fd: wake.read, events: Int16(POLLIN), revents: 0)]
         // The WAL is written before the commit is published in the shared-memory index
         // (mapped, so it makes no event), and the enqueuer's fsync comes between, which takes
         // from microseconds to tens of milliseconds: after a write, look again 1 ms later,
@@ -98,8 +117,14 @@ final class WALWatcher: @unchecked Sendable {
         var relook: Int32? = nil
         while !stop.isSet {
             if isQuiet { relook = nil }
-            let ready = poll(&pfd, 1, relook ?? 500) > 0
-            if ready && drainEvents(&buffer) {
+            let ready = poll(&fds, 2, relook ?? 500) > 0
+            var resumed = false
+            if ready && fds[1].revents != 0 {
+                var bytes = [UInt8](repeating: 0, count: 64)
+                while read(wake.read, &bytes, bytes.count) > 0 {}
+                resumed = true
+            }
+            if (ready && drainEvents(&buffer)) || resumed {
                 doorbell.ring()
                 relook = 1
             } else if let wait = relook {
@@ -108,6 +133,8 @@ final class WALWatcher: @unchecked Sendable {
             }
         }
         close(fd)
+        close(wake.read)
+        close(wake.write)
     }
 
     /// Reads every pending event; whether any was about the database or its WAL.

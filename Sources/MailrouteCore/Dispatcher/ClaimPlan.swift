@@ -19,7 +19,9 @@ public struct ClaimPlan: Sendable {
     /// transaction takes many messages instead of two (measured: 16 per connection to a
     /// loopback sink nearly halves the daemon's CPU per message).
     public static let workInHandSeconds = 0.05
-    /// And never more than this per connection: a lease and priority order outlast it.
+    /// And never more than this per connection. A pool whose server slows down meanwhile
+    /// gives back what it could not start in time (`PoolLimits.maxQueueWait`), before the
+    /// lease runs out.
     public static let maxMessagesPerConnection = 16
 
     /// Messages per connection a pool is given: `workInHandSeconds` of its recent pace, at
@@ -32,9 +34,8 @@ public struct ClaimPlan: Sendable {
             pace = max(pace, 60 / Double(rate) * Double(limits.maxConnections))
         }
         guard pace > 0 else { return messagesPerConnection }
-        let fits = workInHandSeconds / pace
-        guard fits.isFinite else { return maxMessagesPerConnection }
-        return min(maxMessagesPerConnection, max(messagesPerConnection, Int(fits)))
+        let fits = min(Double(maxMessagesPerConnection), workInHandSeconds / pace)
+        return max(messagesPerConnection, Int(fits))
     }
     public var defaultMaxConnections: Int
     /// Configurations this daemon has tripped that the committed routing may not show yet

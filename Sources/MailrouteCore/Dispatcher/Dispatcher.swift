@@ -227,7 +227,13 @@ public actor Dispatcher: Service {
 
     var retryPolicy: RetryPolicy { RetryPolicy(settings.delivery) }
 
-    func isDown(_ config: SMTPConfigRecord) -> Bool { health.isDown(config) }
+    /// Down by the delivery's own snapshot, a trip here, or the routing as last read (which
+    /// may be newer than the snapshot the message was claimed with).
+    func isDown(_ config: SMTPConfigRecord) -> Bool {
+        if health.isDown(config) { return true }
+        guard let id = config.id, let current = routing.configs[id], current.settingsVersion == config.settingsVersion else { return false }
+        return ConfigHealth.isDown(current)
+    }
 
     func tenantContext(for config: SMTPConfigRecord, now t: Double) -> TryContext.Tenant {
         TryContext.Tenant(
@@ -285,8 +291,10 @@ public actor Dispatcher: Service {
     func markError(_ config: SMTPConfigRecord, error: DeliveryError) async {
         guard let id = config.id else { return }
         // Before the write: a claim planned meanwhile already sends this configuration's mail
-        // to the relay, and deliveries not yet started do not try it.
+        // to the relay, deliveries not yet started do not try it, and what its pool holds
+        // comes back to be claimed again.
         health.trip(config, now: now())
+        retired += pools.retire(configID: id)
         let changed = (try? await store.recordConfigStatus(
             id: id, settingsVersion: config.settingsVersion, status: .error, errorKind: error.configErrorKind, errorText: error.text,
             firstProbeAt: health.firstProbe(now: now()))) ?? false

@@ -63,7 +63,7 @@ struct PoolRegistry {
             limits: PoolLimits(
                 maxConnections: config.maxConnections ?? delivery.defaultMaxConnections,
                 maxMessagesPerConnection: delivery.maxMessagesPerConnection, idleTimeout: delivery.idleTimeoutSeconds,
-                ratePerMinute: config.ratePerMinute))
+                ratePerMinute: config.ratePerMinute, maxQueueWait: Self.maxQueueWait(settings)))
         pools[key] = pool
         return pool
     }
@@ -80,9 +80,25 @@ struct PoolRegistry {
             name: "platform", endpoint: endpoint,
             limits: PoolLimits(
                 maxConnections: delivery.defaultMaxConnections, maxMessagesPerConnection: delivery.maxMessagesPerConnection,
-                idleTimeout: delivery.idleTimeoutSeconds))
+                idleTimeout: delivery.idleTimeoutSeconds, maxQueueWait: Self.maxQueueWait(settings)))
         pools[.platform] = pool
         return pool
+    }
+
+    /// Half the lease: what waits longer in a pool is given back and claimed again in time.
+    static func maxQueueWait(_ settings: MailrouteConfiguration) -> Double { settings.queue.leaseSeconds / 2 }
+
+    /// Takes out a configuration's pools (every version): it was just tripped, and the work
+    /// queued in them must not try the server that refused (a wrong password would be tried
+    /// once per queued message). Their queued work comes back not started and is claimed
+    /// again, now for the relay or to wait; sends in hand finish.
+    mutating func retire(configID: Int64) -> [any SMTPPool] {
+        var retired: [any SMTPPool] = []
+        for key in pools.keys {
+            guard case .config(let id, _) = key, id == configID, let pool = pools.removeValue(forKey: key) else { continue }
+            retired.append(pool)
+        }
+        return retired
     }
 
     /// Takes out the pools whose configuration's connection settings changed, or that was

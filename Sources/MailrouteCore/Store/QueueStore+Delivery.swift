@@ -103,7 +103,7 @@ extension QueueStore {
     /// 2,000 at once held the writer for tens of milliseconds while the pools ran dry; in
     /// slices of 256 the drain ran 10 % faster. A backlog larger than a slice is reported
     /// (`ClaimBatch.admittedAll`) so the dispatcher goes on admitting whether or not its
-    /// pools have room: a reset behind 20,000 due reports is still admitted within tens of ms.
+    /// pools have room: a reset behind 20,000 due reports is admitted within a second.
     public static let admissionSlice = 256
 
     /// `claimBatch` for callers that need only the messages.

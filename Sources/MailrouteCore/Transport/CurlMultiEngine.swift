@@ -27,6 +27,8 @@ final class CurlMultiEngine: @unchecked Sendable {
         var to: [String]
         var data: [UInt8]
         var done: @Sendable (PoolCompletion) -> Void
+        /// When the engine took it (its clock), for `PoolLimits.maxQueueWait`.
+        var queuedAt = 0.0
     }
 
     enum Command: Sendable {
@@ -136,11 +138,12 @@ final class CurlMultiEngine: @unchecked Sendable {
         switch command {
         case .register(let id, let name, let endpoint, let limits, let shared):
             pools[id] = PoolState(id: id, name: name, endpoint: endpoint, limits: limits, shared: shared)
-        case .send(let id, let job):
+        case .send(let id, var job):
             guard let pool = pools[id], !pool.closing else {
                 job.done(.notStarted)
                 return
             }
+            job.queuedAt = Monotonic.now()
             pool.queue.append(job)
             pool.lastActive = Monotonic.now()
             dirty.insert(id)
@@ -167,6 +170,13 @@ final class CurlMultiEngine: @unchecked Sendable {
     /// Starts what may start; QUITs and drops the connections of a pool that closes or has
     /// been idle for `idleTimeout`.
     private func service(_ pool: PoolState, now: Double) {
+        if pool.limits.maxQueueWait.isFinite {
+            while let first = pool.queue.first, now - first.queuedAt >= pool.limits.maxQueueWait {
+                pool.queue.removeFirst()
+                first.done(.notStarted)
+            }
+            if let first = pool.queue.first { arm(pool, at: first.queuedAt + pool.limits.maxQueueWait) }
+        }
         if !pool.closing {
             while !pool.queue.isEmpty, let slot = pool.freeSlot() {
                 if let interval = pool.sendInterval {
@@ -313,7 +323,9 @@ final class CurlMultiEngine: @unchecked Sendable {
         case .sending:
             // In place: a copy out and back would copy the transaction's buffers on every read.
             guard slot.transaction != nil else { return }
+            let heardBefore = slot.transaction!.replies
             let event = slot.transaction!.receive(bytes, &slot.easy.capture.transcript)
+            if slot.transaction!.replies != heardBefore { slot.deadline = now + slot.pool.endpoint.commandTimeoutSeconds }
             // A final reply before the whole message went out (a server cutting DATA short),
             // or a refusal with pipelined replies still owed, leaves the conversation out of
             // step: that connection is closed, not reused.
@@ -354,7 +366,6 @@ final class CurlMultiEngine: @unchecked Sendable {
         slot.connection = connection
         slot.transaction = nil
         slot.phase = .idle
-        slot.pool.shared.noteSent(seconds: now - slot.startedAt)
         finish(slot, .sent(report))
         if connection.messages >= slot.pool.limits.maxMessagesPerConnection { quit(slot, now: now) }
     }
@@ -415,6 +426,7 @@ final class CurlMultiEngine: @unchecked Sendable {
         slot.job = nil
         pool.inFlight -= 1
         pool.lastActive = Monotonic.now()
+        pool.shared.noteTry(seconds: pool.lastActive - slot.startedAt)
         dirty.insert(pool.id)
         job?.done(completion)
     }

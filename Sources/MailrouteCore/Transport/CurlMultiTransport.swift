@@ -133,9 +133,10 @@ final class PoolShared: @unchecked Sendable {
 
     var secondsPerMessage: Double? { lock.withLock { pace } }
 
-    /// A message sent in `seconds` on one connection (the engine's clock, from its start on a
-    /// connection to the server's reply): a moving average that follows a change in a few dozen.
-    func noteSent(seconds: Double) {
+    /// A try that took `seconds` on one connection, sent or not (the engine's clock, from its
+    /// start on a connection to its end): a moving average that follows a change in a few
+    /// dozen, and jumps at once when a server starts timing out.
+    func noteTry(seconds: Double) {
         lock.withLock { pace = pace.map { $0 * 0.9 + seconds * 0.1 } ?? seconds }
     }
 

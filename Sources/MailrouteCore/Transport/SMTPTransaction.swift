@@ -75,6 +75,9 @@ struct SMTPTransaction {
     /// then its reply) and names the last command the server answered.
     private var ahead: [String] = []
     private var replyStarted = false
+    /// Complete replies heard: each one restarts the command timeout (RFC 5321 §4.5.3.2 times
+    /// each command; in a pipeline only DATA's reply asks for the next write).
+    private(set) var replies = 0
 
     /// Pipelined commands are still unanswered: after a refusal the connection is out of step
     /// and is closed rather than reused or QUIT (the server may even be reading a message).
@@ -116,6 +119,7 @@ struct SMTPTransaction {
             transcript.append(.server, chunk: text)
             guard let code = Self.finalCode(line) else { continue }
             replyStarted = false
+            replies += 1
             guard case .wait = event else { continue }
             event = pipelining ? pipelinedReply(code, &transcript) : reply(code, &transcript)
             // The end: what follows (replies a refused pipeline still owed) is not this send's,

@@ -35,12 +35,20 @@ public struct PoolLimits: Sendable, Equatable {
     public var idleTimeout: Double
     /// Messages per minute; nil = unlimited.
     public var ratePerMinute: Int?
+    /// Work not started this many seconds after it was handed over comes back `.notStarted`:
+    /// its lease would run out while it waits behind a server that slowed down, and another
+    /// claim would send it a second time.
+    public var maxQueueWait: Double
 
-    public init(maxConnections: Int, maxMessagesPerConnection: Int, idleTimeout: Double, ratePerMinute: Int? = nil) {
+    public init(
+        maxConnections: Int, maxMessagesPerConnection: Int, idleTimeout: Double, ratePerMinute: Int? = nil,
+        maxQueueWait: Double = .infinity
+    ) {
         self.maxConnections = max(1, maxConnections)
         self.maxMessagesPerConnection = max(1, maxMessagesPerConnection)
         self.idleTimeout = idleTimeout
         self.ratePerMinute = ratePerMinute
+        self.maxQueueWait = maxQueueWait
     }
 }
 

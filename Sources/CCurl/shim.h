@@ -5,7 +5,6 @@
 #define CURL_DISABLE_TYPECHECK 1
 #include <curl/curl.h>
 
-typedef size_t (*mr_curl_read_callback)(char *buffer, size_t size, size_t nitems, void *userdata);
 typedef int (*mr_curl_debug_callback)(CURL *handle, curl_infotype type, char *data, size_t size, void *userdata);
 
 static inline CURLcode mr_curl_setopt_long(CURL *h, CURLoption o, long v) {
@@ -16,12 +15,6 @@ static inline CURLcode mr_curl_setopt_string(CURL *h, CURLoption o, const char *
 }
 static inline CURLcode mr_curl_setopt_pointer(CURL *h, CURLoption o, void *v) {
     return curl_easy_setopt(h, o, v);
-}
-static inline CURLcode mr_curl_setopt_slist(CURL *h, CURLoption o, struct curl_slist *v) {
-    return curl_easy_setopt(h, o, v);
-}
-static inline CURLcode mr_curl_setopt_read_function(CURL *h, mr_curl_read_callback f) {
-    return curl_easy_setopt(h, CURLOPT_READFUNCTION, f);
 }
 static inline CURLcode mr_curl_setopt_debug_function(CURL *h, mr_curl_debug_callback f) {
     return curl_easy_setopt(h, CURLOPT_DEBUGFUNCTION, f);
@@ -48,11 +41,6 @@ static inline CURLcode mr_curl_msg_result(const CURLMsg *msg) {
 // easy handle that has it uses it instead of the multi handle's (lib/multi.c, 7.88).
 static inline CURLSHcode mr_curl_share_connections(CURLSH *s) {
     return curl_share_setopt(s, CURLSHOPT_SHARE, CURL_LOCK_DATA_CONNECT);
-}
-
-// Spelled with three L in 7.88's headers; newer releases add the two-L alias.
-static inline CURLoption mr_curl_opt_mail_rcpt_allowfails(void) {
-    return CURLOPT_MAIL_RCPT_ALLLOWFAILS;
 }
 
 #endif

@@ -80,18 +80,20 @@ public struct ConfigurationService: Sendable {
         let keys = DKIMKeyring.load(directory: settings.dkim.keysDirectory).signingKeys(forSender: record.fromAddress, mode: record.dkim)
         var bytes = MessageComposer.compose(message).bytes
         if !keys.isEmpty { bytes = try DKIMSigner.sign(bytes, keys: keys, now: Date()) }
-        let result = SMTPConnection(endpoint: endpoint).send(from: record.fromAddress, to: [to.address], data: bytes)
-            .flatMap { report -> Result<String?, DeliveryError> in
-                // The one recipient refused while libcurl was told to tolerate refusals.
-                if let refused = report.refused.first {
-                    let reply = SMTPReply(refused.reply)
-                    return .failure(
-                        DeliveryError(
-                            kind: refused.temporary ? .temporaryFailure : .recipientRejected, smtpCode: reply?.code,
-                            enhancedCode: reply?.enhancedCode, text: refused.reply, isTemporary: refused.temporary))
-                }
-                return .success(report.reply?.line)
-            }
+        // Through the daemon's own transport (a pool of one connection on the engine thread),
+        // so the test speaks to the server exactly as delivery will: pipelining and all.
+        let pool = CurlMultiTransport().makePool(
+            name: record.label, endpoint: endpoint,
+            limits: PoolLimits(maxConnections: 1, maxMessagesPerConnection: 1, idleTimeout: 0))
+        let completion = (pool as! CurlMultiPool).sendAndWait(from: record.fromAddress, to: [to.address], data: bytes)
+        _ = (pool as! CurlMultiPool).closeAndWait(timeout: min(5, endpoint.commandTimeoutSeconds))
+        let result: Result<String?, DeliveryError>
+        switch completion {
+        case .sent(let report): result = .success(report.reply?.line)
+        case .failed(let error): result = .failure(error)
+        case .verified, .notStarted:
+            result = .failure(DeliveryError(kind: .unknown, text: "the test message was not sent", isTemporary: true))
+        }
         var outcome = try recordOutcome(result, for: record)
         outcome.signedWith = keys.map(\.label)
         return outcome

@@ -74,6 +74,19 @@ public final class CurlMultiPool: SMTPPool {
         }
     }
 
+    /// One send for a caller on a thread of its own, which may block (`mailroutectl config
+    /// test`): the daemon's own path to the server.
+    func sendAndWait(from sender: String, to recipients: [String], data: [UInt8]) -> PoolCompletion {
+        let done = DispatchSemaphore(value: 0)
+        let result = Locked<PoolCompletion>(.notStarted)
+        submit(.send(from: sender, to: recipients, data: data)) { completion in
+            result.withLock { $0 = completion }
+            done.signal()
+        }
+        done.wait()
+        return result.withLock { $0 }
+    }
+
     /// A probe on a connection of its own, on a short-lived thread: probes are rare, and a
     /// blocking `SMTPConnection` keeps `verify`'s one implementation.
     private func verify(done: @escaping @Sendable (PoolCompletion) -> Void) {

@@ -1,7 +1,8 @@
 import CCurl
 import Foundation
 
-/// One libcurl easy handle: one SMTP connection, reused across sends until it is closed.
+/// One libcurl easy handle for `verify` (greeting, EHLO, TLS, AUTH, QUIT): mailroutectl's
+/// `config verify` and the daemon's probes. Mail is sent only through `CurlMultiTransport`.
 ///
 /// Every call blocks, so a connection belongs to one dedicated thread, never to Swift's
 /// cooperative pool. It is not Sendable on purpose.
@@ -62,18 +63,4 @@ public final class SMTPConnection {
         }
     }
 
-    /// Sends one message. `data` is the complete RFC 5322 message with CRLF line ends.
-    public func send(from sender: String, to recipients: [String], data: [UInt8]) -> Result<SendReport, DeliveryError> {
-        let first = attempt(from: sender, to: recipients, data: data, freshConnection: false)
-        if first.retryOnFreshConnection {
-            return attempt(from: sender, to: recipients, data: data, freshConnection: true).result
-        }
-        return first.result
-    }
-
-    private func attempt(from sender: String, to recipients: [String], data: [UInt8], freshConnection: Bool) -> SendAttempt {
-        easy.beginSend(from: sender, to: recipients, data: data, freshConnection: freshConnection)
-        let code = Int(curl_easy_perform(handle).rawValue)
-        return easy.finishSend(code: code)
-    }
 }

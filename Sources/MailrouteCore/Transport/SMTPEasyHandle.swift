@@ -2,21 +2,16 @@ import CCurl
 import Foundation
 
 /// One libcurl easy handle set up for one endpoint: the one place for the curl options of an
-/// SMTP transfer, the transcript the debug callback captures, the per-send options and the
-/// mapping of what libcurl reported to a `SendReport` or a `DeliveryError`.
-///
-/// Both ways of driving it use this: `SMTPConnection` with a blocking `curl_easy_perform`
-/// (mailroutectl), and `CurlMultiTransport`'s engine thread, where libcurl only connects,
-/// secures and logs in (`connectOnly`) and `SMTPTransaction` sends the message.
+/// SMTP connection, the transcript the debug callback captures, and the mapping of what
+/// libcurl reported to a `DeliveryError`. libcurl only connects, secures and logs in
+/// (`CURLOPT_CONNECT_ONLY`); `SMTPTransaction` sends the message on the engine thread, and
+/// `SMTPConnection.verify` QUITs.
 /// It is not Sendable: one thread at a time, and never during a transfer on another.
 final class SMTPEasyHandle {
     let endpoint: SMTPEndpoint
     let handle: UnsafeMutableRawPointer
     private let errorBuffer: UnsafeMutablePointer<CChar>
     let capture = TranscriptCapture()
-    /// What a transfer in progress reads from: the recipient list and the message bytes.
-    private var recipients: UnsafeMutablePointer<curl_slist>?
-    private var upload: UploadSource?
 
     /// `connectOnly`: a transfer stops after greeting, EHLO, TLS and AUTH, and leaves the
     /// connection open for `curl_easy_send`/`curl_easy_recv` (no QUIT).
@@ -34,7 +29,6 @@ final class SMTPEasyHandle {
         // With the easy interface this QUITs an open connection politely; a handle that used a
         // share leaves its connections to the share.
         curl_easy_cleanup(handle)
-        curl_slist_free_all(recipients)
         errorBuffer.deallocate()
     }
 
@@ -83,60 +77,6 @@ final class SMTPEasyHandle {
         var socket: curl_socket_t = -1
         _ = mr_curl_getinfo_socket(handle, &socket)
         return socket
-    }
-
-    // MARK: - One send
-
-    /// Sets up the next transfer to send one message. `data` is the complete RFC 5322 message
-    /// with CRLF line ends. `freshConnection` opens a new connection whatever the cache
-    /// holds; `closeAfter` closes (QUITs) the connection when the transfer is done.
-    func beginSend(from sender: String, to recipients: [String], data: [UInt8], freshConnection: Bool = false, closeAfter: Bool = false) {
-        capture.transcript.reset()
-        errorBuffer[0] = 0
-        clearSend()
-        var list: UnsafeMutablePointer<curl_slist>?
-        for recipient in recipients { list = curl_slist_append(list, "<\(recipient)>") }
-        self.recipients = list
-        let upload = UploadSource(data)
-        self.upload = upload
-
-        set(CURLOPT_MAIL_FROM, "<\(sender)>")
-        _ = mr_curl_setopt_slist(handle, CURLOPT_MAIL_RCPT, list)
-        set(mr_curl_opt_mail_rcpt_allowfails(), 1)
-        set(CURLOPT_UPLOAD, 1)
-        set(CURLOPT_INFILESIZE_LARGE, data.count)
-        _ = mr_curl_setopt_read_function(handle, Curl.readCallback)
-        set(CURLOPT_READDATA, Unmanaged.passUnretained(upload).toOpaque())
-        set(CURLOPT_FRESH_CONNECT, freshConnection ? 1 : 0)
-        set(CURLOPT_FORBID_REUSE, closeAfter ? 1 : 0)
-    }
-
-    /// What the transfer set up by `beginSend` came to, given its CURLcode.
-    func finishSend(code: Int) -> SendAttempt {
-        var connects = 0
-        _ = mr_curl_getinfo_long(handle, CURLINFO_NUM_CONNECTS, &connects)
-        let reused = connects == 0
-        let result: Result<SendReport, DeliveryError>
-        if code != 0 {
-            result = .failure(failure(code, reusedConnection: reused))
-        } else {
-            result = .success(SendReport(capture.transcript, newConnection: !reused))
-        }
-        clearSend()
-        return SendAttempt(result: result, reused: reused, lastCommand: capture.transcript.lastCommand)
-    }
-
-    /// Drops what `beginSend` set up, for a transfer that never ran.
-    func abandonSend() {
-        clearSend()
-    }
-
-    private func clearSend() {
-        _ = mr_curl_setopt_slist(handle, CURLOPT_MAIL_RCPT, nil)
-        set(CURLOPT_READDATA, UnsafeMutableRawPointer?.none)
-        curl_slist_free_all(recipients)
-        recipients = nil
-        upload = nil
     }
 
     /// The failure a non-zero CURLcode stands for, from libcurl's words and the conversation.
@@ -210,12 +150,6 @@ final class TranscriptCapture {
     var transcript = SMTPTranscript()
 }
 
-private final class UploadSource {
-    let bytes: [UInt8]
-    var offset = 0
-    init(_ bytes: [UInt8]) { self.bytes = bytes }
-}
-
 /// C callbacks must not capture context; they live here as static lets (not top-level, which
 /// Swift 6 would isolate to the main actor).
 enum Curl {
@@ -236,17 +170,5 @@ enum Curl {
         let chunk = String(decoding: UnsafeRawBufferPointer(start: data, count: size), as: UTF8.self)
         capture.transcript.append(direction, chunk: chunk)
         return 0
-    }
-
-    static let readCallback: mr_curl_read_callback = { buffer, size, count, userdata in
-        guard let buffer, let userdata else { return 0 }
-        let source = Unmanaged<UploadSource>.fromOpaque(userdata).takeUnretainedValue()
-        let n = min(size * count, source.bytes.count - source.offset)
-        guard n > 0 else { return 0 }
-        source.bytes.withUnsafeBufferPointer { bytes in
-            UnsafeMutableRawPointer(buffer).copyMemory(from: bytes.baseAddress! + source.offset, byteCount: n)
-        }
-        source.offset += n
-        return n
     }
 }

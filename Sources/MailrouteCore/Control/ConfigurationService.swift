@@ -82,11 +82,11 @@ public struct ConfigurationService: Sendable {
         if !keys.isEmpty { bytes = try DKIMSigner.sign(bytes, keys: keys, now: Date()) }
         // Through the daemon's own transport (a pool of one connection on the engine thread),
         // so the test speaks to the server exactly as delivery will: pipelining and all.
-        let pool = CurlMultiTransport().makePool(
+        let pool = CurlMultiPool(
             name: record.label, endpoint: endpoint,
-            limits: PoolLimits(maxConnections: 1, maxMessagesPerConnection: 1, idleTimeout: 0))
-        let completion = (pool as! CurlMultiPool).sendAndWait(from: record.fromAddress, to: [to.address], data: bytes)
-        _ = (pool as! CurlMultiPool).closeAndWait(timeout: min(5, endpoint.commandTimeoutSeconds))
+            limits: PoolLimits(maxConnections: 1, maxMessagesPerConnection: 1, idleTimeout: 0), engine: .shared)
+        let completion = pool.sendAndWait(from: record.fromAddress, to: [to.address], data: bytes)
+        _ = pool.closeAndWait(timeout: min(5, endpoint.commandTimeoutSeconds))
         let result: Result<String?, DeliveryError>
         switch completion {
         case .sent(let report): result = .success(report.reply?.line)

@@ -35,7 +35,9 @@ struct Delivery {
                 return
             }
         }
-        if await dispatcher.isDown(config) {
+        // One visit to the dispatcher for all a try needs to know of the configuration.
+        let before = await dispatcher.beforeTry(of: config, now: now)
+        if before.isDown {
             // Not tried: its mail goes to the relay, or waits for the probe that brings it back.
             if let fallback = plan.fallbackIdentity {
                 await viaPlatform(identity: fallback, route: .fallback, earlier: [])
@@ -43,7 +45,7 @@ struct Delivery {
                 let reason = "\(config.label) is down (\(config.errorKind?.rawValue ?? "error"): \(config.errorText ?? ""))"
                 let probe = await dispatcher.health.nextProbe(of: config, now: now)
                 let decision = DeliveryPolicy.retryOrGiveUp(
-                    attemptsAfter: message.attempts, expiresAt: message.expiresAt, now: now, retry: await dispatcher.retryPolicy,
+                    attemptsAfter: message.attempts, expiresAt: message.expiresAt, now: now, retry: before.retry,
                     random: dispatcher.random(), notBefore: probe)
                 await dispatcher.finish(claimed, outcome(decision, attempts: [], config: config, route: plan.route,
                     error: DeliveryError(kind: .temporaryFailure, text: reason, isTemporary: true)))
@@ -56,8 +58,8 @@ struct Delivery {
         let number = message.attempts + 1
         let started = now
         let context = TryContext(
-            attemptsAfter: number, expiresAt: message.expiresAt, now: started, retry: await dispatcher.retryPolicy,
-            random: dispatcher.random(), tenant: await dispatcher.tenantContext(for: config, now: started))
+            attemptsAfter: number, expiresAt: message.expiresAt, now: started, retry: before.retry,
+            random: dispatcher.random(), tenant: before.tenant)
         let completion: PoolCompletion
         let server: String?
         if let pool = await dispatcher.pool(for: config) {

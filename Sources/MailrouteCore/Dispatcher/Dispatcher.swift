@@ -167,18 +167,16 @@ public actor Dispatcher: Service {
                         }
                         draining = !batch.messages.isEmpty
                         admitting = !batch.admittedAll
-                        wal?.setQuiet(draining)
                         nextDue = draining || admitting ? t : try await store.nextDueTime()
                     } else {
                         (draining, admitting) = (false, false)
-                        wal?.setQuiet(false)
                         nextDue = try await store.nextDueTime()
                     }
                 } catch {
                     (draining, admitting) = (false, false)
-                    wal?.setQuiet(false)
                     logger.error("queue cycle failed", metadata: ["error": "\(error)"])
                 }
+                wal?.setQuiet(draining)
             }
             if t - lastHousekeeping >= 1 {
                 lastHousekeeping = t
@@ -235,10 +233,19 @@ public actor Dispatcher: Service {
         return ConfigHealth.isDown(current)
     }
 
-    func tenantContext(for config: SMTPConfigRecord, now t: Double) -> TryContext.Tenant {
-        TryContext.Tenant(
-            fallback: config.fallback, consecutiveTimeouts: health.consecutiveTimeouts(config),
-            breakerTimeouts: health.breakerTimeouts, firstProbeAt: health.firstProbe(now: t))
+    /// What a try of `config` needs from the dispatcher's state, read in one visit.
+    struct BeforeTry: Sendable {
+        var isDown: Bool
+        var retry: RetryPolicy
+        var tenant: TryContext.Tenant
+    }
+
+    func beforeTry(of config: SMTPConfigRecord, now t: Double) -> BeforeTry {
+        BeforeTry(
+            isDown: isDown(config), retry: retryPolicy,
+            tenant: TryContext.Tenant(
+                fallback: config.fallback, consecutiveTimeouts: health.consecutiveTimeouts(config),
+                breakerTimeouts: health.breakerTimeouts, firstProbeAt: health.firstProbe(now: t)))
     }
 
     /// The breaker's count after a try of `config` that ended with `completion`.

@@ -36,11 +36,15 @@ struct PoolRegistry {
     /// While draining, whether a claim is worth a transaction: some busy pool has a quarter of
     /// its places free again (an idle pool had its chance in the claim that found work).
     func wantsWork() -> Bool {
-        let busy = pools.values.filter { $0.load > 0 }
-        return busy.isEmpty || busy.contains { pool in
+        var anyBusy = false
+        for pool in pools.values {
+            let load = pool.load
+            guard load > 0 else { continue }
+            anyBusy = true
             let capacity = Self.capacity(pool)
-            return capacity - pool.load >= max(1, capacity / 4)
+            if capacity - load >= max(1, capacity / 4) { return true }
         }
+        return !anyBusy
     }
 
     /// nil when the configuration's password cannot be opened (no key, or another key).

@@ -306,10 +306,10 @@ public struct AttachmentRecord: Codable, Sendable, Equatable, FetchableRecord, M
 }
 
 /// One delivery try: the message's delivery log.
-public struct AttemptRecord: Codable, Sendable, Equatable, FetchableRecord, MutablePersistableRecord {
+/// Read through GRDB; written only by the delivery path, through `insertSQL`.
+public struct AttemptRecord: Codable, Sendable, Equatable, FetchableRecord, TableRecord {
     public static let databaseTableName = "attempts"
     public static var databaseColumnDecodingStrategy: DatabaseColumnDecodingStrategy { .convertFromSnakeCase }
-    public static var databaseColumnEncodingStrategy: DatabaseColumnEncodingStrategy { .convertToSnakeCase }
 
     public var id: Int64?
     public var messageId: Int64
@@ -345,30 +345,6 @@ public struct AttemptRecord: Codable, Sendable, Equatable, FetchableRecord, Muta
         public static let response = Column("response")
         public static let refusedRecipients = Column("refused_recipients")
         public static let durationS = Column("duration_s")
-    }
-
-    /// By hand rather than through Codable: one row per try is written on the hot path.
-    public func encode(to container: inout PersistenceContainer) throws {
-        typealias C = Columns
-        container[C.id] = id
-        container[C.messageId] = messageId
-        container[C.attempt] = attempt
-        container[C.at] = at
-        container[C.configId] = configId
-        container[C.configLabel] = configLabel
-        container[C.route] = route?.rawValue
-        container[C.server] = server
-        container[C.outcome] = outcome.rawValue
-        container[C.errorKind] = errorKind
-        container[C.smtpCode] = smtpCode
-        container[C.enhancedCode] = enhancedCode
-        container[C.response] = response
-        container[C.refusedRecipients] = refusedRecipients
-        container[C.durationS] = durationS
-    }
-
-    public mutating func didInsert(_ inserted: InsertionSuccess) {
-        id = inserted.rowID
     }
 
     /// The INSERT of the delivery path, prepared once per connection: GRDB's record insert

@@ -98,7 +98,7 @@ struct SMTPTransaction {
         if capabilities.smtputf8 && ([sender] + recipients).contains(where: { !$0.utf8.allSatisfy { $0 < 0x80 } }) {
             command += " SMTPUTF8"
         }
-        guard capabilities.pipelining, !recipients.isEmpty else { return self.command(command, &transcript) }
+        guard pipelining else { return self.command(command, &transcript) }
         ahead = [command] + recipients.map { "RCPT TO:<\($0)>" } + ["DATA"]
         return Array(ahead.map { $0 + "\r\n" }.joined().utf8)
     }

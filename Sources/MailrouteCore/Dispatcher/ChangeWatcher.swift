@@ -128,6 +128,11 @@ final class WALWatcher: @unchecked Sendable {
                 doorbell.ring()
                 relook = 1
             } else if let wait = relook {
+                // Quiet may have begun during the poll: its re-looks are over.
+                if isQuiet {
+                    relook = nil
+                    continue
+                }
                 doorbell.ring()
                 relook = wait >= 512 ? nil : max(wait + 1, wait * 3 / 2)
             }

@@ -225,18 +225,19 @@ import Testing
     }
 
     /// A fast pool gets 50 ms of its own work in hand (one claim takes many rows); a slow one
-    /// two per connection, so nothing waits long behind what it holds.
+    /// one per connection, so nothing waits long behind what it holds.
     @Test func messagesInHandFollowThePoolsPace() {
         let four = PoolLimits(maxConnections: 4, maxMessagesPerConnection: 100, idleTimeout: 60)
         #expect(ClaimPlan.depth(secondsPerMessage: nil, limits: four) == 2, "no measure yet")
-        #expect(ClaimPlan.depth(secondsPerMessage: 0.2, limits: four) == 2, "a slow server")
+        #expect(ClaimPlan.depth(secondsPerMessage: 0.2, limits: four) == 1, "a slow server")
+        #expect(ClaimPlan.depth(secondsPerMessage: 0.04, limits: four) == 2, "rounded up: 50 ms of work is more than one")
         #expect(ClaimPlan.depth(secondsPerMessage: 0.005, limits: four) == 10)
         #expect(ClaimPlan.depth(secondsPerMessage: 0.0007, limits: four) == 16, "a loopback sink: capped")
         #expect(ClaimPlan.depth(secondsPerMessage: 0, limits: four) == 2, "a nonsense measure counts as none")
         #expect(ClaimPlan.depth(secondsPerMessage: 1e-300, limits: four) == 16, "no overflow on the way to an Int")
         var limited = four
         limited.ratePerMinute = 600
-        #expect(ClaimPlan.depth(secondsPerMessage: 0.0007, limits: limited) == 2, "its rate, not its server, sets the pace")
+        #expect(ClaimPlan.depth(secondsPerMessage: 0.0007, limits: limited) == 1, "its rate, not its server, sets the pace")
         limited.ratePerMinute = 600_000
         #expect(ClaimPlan.depth(secondsPerMessage: 0.0007, limits: limited) == 16, "a limit it never reaches")
     }

@@ -12,8 +12,8 @@ public struct ClaimPlan: Sendable {
     /// A pool that does not exist yet takes this many messages per connection of its limit.
     public var perConnection = ClaimPlan.messagesPerConnection
 
-    /// One in hand and one waiting keeps a connection busy when sends are slow; the least a
-    /// pool's room is counted in.
+    /// What a pool whose pace is not known yet is given per connection: one in hand and one
+    /// waiting, so a fast server's connection does not idle while the next claim is made.
     public static let messagesPerConnection = 2
     /// A pool that sends fast is given this much of its own work in hand, so that one claim
     /// transaction takes many messages instead of two (measured: 16 per connection to a
@@ -24,18 +24,21 @@ public struct ClaimPlan: Sendable {
     /// lease runs out.
     public static let maxMessagesPerConnection = 16
 
-    /// Messages per connection a pool is given: `workInHandSeconds` of its recent pace, at
-    /// least two, at most `maxMessagesPerConnection`. A slow server gets two per connection,
-    /// so a password reset claimed after a report waits behind at most two of them; so does
-    /// a rate-limited pool, whose pace is its limit however fast its server answers.
+    /// Messages per connection a pool is given: `workInHandSeconds` of its recent pace
+    /// rounded up, at most `maxMessagesPerConnection`. A pool whose sends take longer than that
+    /// gets one per connection: the next claim comes in a millisecond or two, long before its
+    /// connection is free, and every message held beyond it costs tens of KB (its task, its
+    /// composed copy), which with 1,000 tenants was most of the daemon's memory. It also means
+    /// a password reset claimed after a report waits behind one report. A rate-limited pool's
+    /// pace is its limit, however fast its server answers.
     public static func depth(secondsPerMessage: Double?, limits: PoolLimits) -> Int {
         var pace = secondsPerMessage ?? 0
         if let rate = limits.ratePerMinute, rate > 0 {
             pace = max(pace, 60 / Double(rate) * Double(limits.maxConnections))
         }
         guard pace > 0 else { return messagesPerConnection }
-        let fits = min(Double(maxMessagesPerConnection), workInHandSeconds / pace)
-        return max(messagesPerConnection, Int(fits))
+        let fits = min(Double(maxMessagesPerConnection), (workInHandSeconds / pace).rounded(.up))
+        return max(1, Int(fits))
     }
     public var defaultMaxConnections: Int
     /// Configurations this daemon has tripped that the committed routing may not show yet

@@ -3,11 +3,19 @@ import Foundation
 /// One claimed message's try: compose and sign as its plan says, send through the pool its
 /// plan names, let `DeliveryPolicy.decide` say what follows, and write the outcome with
 /// attempt rows that carry their final outcome from the start. Runs off the dispatcher's
-/// actor, so composition and RSA signatures never hold up the claim loop.
-struct Delivery {
+/// actor, so composition and RSA signatures never hold up the claim loop. A class, so the
+/// frames of its steps, alive while the message waits for a connection, hold a reference
+/// instead of the plan's copy of the configuration.
+final class Delivery: Sendable {
     let claimed: ClaimedMessage
     let plan: DeliveryPlan
     let dispatcher: Dispatcher
+
+    init(claimed: ClaimedMessage, plan: DeliveryPlan, dispatcher: Dispatcher) {
+        self.claimed = claimed
+        self.plan = plan
+        self.dispatcher = dispatcher
+    }
 
     private var message: MessageRecord { claimed.message }
     private var now: Double { dispatcher.now() }

@@ -21,14 +21,22 @@ public struct Admission: Sendable {
     public var expiresAt: Double?
 }
 
-/// A claimed message with everything needed to send it.
-public struct ClaimedMessage: Sendable {
-    public var message: MessageRecord
-    public var attachments: [AttachmentRecord]
+/// A claimed message with everything needed to send it. A class: the record and its route
+/// are ~1.5 KB, and every task and async frame that holds a message in hand (a thousand of
+/// them with a thousand tenants) would carry its own copy.
+public final class ClaimedMessage: Sendable {
+    public let message: MessageRecord
+    public let attachments: [AttachmentRecord]
     /// Where it goes, resolved in the claim transaction against the routing as committed:
     /// the dispatcher never resolves again.
-    public var resolution: RouteResolution
+    public let resolution: RouteResolution
     public var id: Int64 { message.id! }
+
+    public init(message: MessageRecord, attachments: [AttachmentRecord], resolution: RouteResolution) {
+        self.message = message
+        self.attachments = attachments
+        self.resolution = resolution
+    }
 }
 
 /// What one claim transaction took.

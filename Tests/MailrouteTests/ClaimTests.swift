@@ -49,21 +49,36 @@ import Testing
     /// Each claimed row carries its route, resolved in the same transaction as the claim.
     /// Admission goes a slice per transaction and says when rows are left, so the dispatcher
     /// goes on admitting even while no pool has room (limit 0 here).
+    /// A slice of the oldest due rows per claim, and behind a backlog the newest few too: a
+    /// reset INSERTed after thousands of due reports counts as a reset in the first claim.
     @Test func admissionGoesASliceAtATimeAndSaysWhenRowsAreLeft() async throws {
-        let total = QueueStore.admissionSlice * 2 + 10
-        try await store.pool.write { db in
+        let slice = QueueStore.admissionSlice, newest = QueueStore.admissionNewest
+        let total = slice * 3 + 10
+        let reset = try await store.pool.write { db -> Int64 in
             for _ in 0..<total {
                 try db.execute(sql: "INSERT INTO messages (category, rcpt_to, subject, text_body) VALUES ('report', '[\"a@b.test\"]', 'due', 'x')")
+            }
+            try db.execute(sql: "INSERT INTO messages (category, rcpt_to, subject, text_body) VALUES ('password_reset', '[\"a@b.test\"]', 'reset', 'x')")
+            return db.lastInsertedRowID
+        }
+        func admitted() async throws -> Int {
+            try await store.pool.read { db in
+                try Int.fetchOne(db, sql: "SELECT count(*) FROM messages WHERE effective_priority IS NOT NULL") ?? -1
             }
         }
         let later = Date().timeIntervalSince1970 + 1
         var rounds: [Bool] = []
+        var counts: [Int] = []
         for _ in 0..<3 {
             let batch = try await store.claimBatch(plan(now: later, limit: 0))
             #expect(batch.messages.isEmpty)
             rounds.append(batch.admittedAll)
+            counts.append(try await admitted())
         }
         #expect(rounds == [false, false, true])
+        #expect(counts == [slice + newest, 2 * (slice + newest), total + 1])
+        let first = try await store.claim(plan(now: later, limit: 1))
+        #expect(first.map(\.id) == [reset], "the reset, admitted in the first claim, goes first")
         let unadmitted = try await store.pool.read { db in
             try Int.fetchOne(db, sql: "SELECT count(*) FROM messages WHERE effective_priority IS NULL")
         }

@@ -113,6 +113,12 @@ extension QueueStore {
     /// (`ClaimBatch.admittedAll`) so the dispatcher goes on admitting whether or not its
     /// pools have room: a reset behind 20,000 due reports is admitted within a second.
     public static let admissionSlice = 256
+    /// Behind a backlog larger than a slice, each claim also admits this many of the newest
+    /// due rows: admission goes oldest first, so a password reset INSERTed behind 20,000 due
+    /// reports waited for all of them to be admitted (~1 s; 5 s behind 100,000) before its
+    /// priority could count. Which rows are claimed first is still decided by priority and
+    /// id, among the admitted.
+    public static let admissionNewest = 32
 
     /// `claimBatch` for callers that need only the messages.
     public func claim(_ plan: ClaimPlan) async throws -> [ClaimedMessage] {
@@ -138,20 +144,28 @@ extension QueueStore {
             try db.cachedStatement(sql: "UPDATE messages SET status = 'queued' WHERE status = 'deferred' AND next_attempt_at <= ?")
                 .execute(arguments: [plan.now])
 
-            let fresh = try Row.fetchAll(
-                db.cachedStatement(
-                sql: """
-                    SELECT id, tenant, advertiser, cname, category, priority, send_at, expires_at, created_at
-                    FROM messages INDEXED BY messages_unadmitted_due
-                    WHERE effective_priority IS NULL AND status = 'queued' AND coalesce(send_at, created_at) <= ?
-                    ORDER BY coalesce(send_at, created_at) LIMIT ?
-                    """), arguments: [plan.now, Self.admissionSlice]
-            ).map { row in
-                AdmissionRow(
-                    id: row["id"],
-                    keys: RoutingKeys(tenant: row["tenant"], advertiser: row["advertiser"], cname: row["cname"], category: row["category"]),
-                    priority: row["priority"], sendAt: row["send_at"], expiresAt: row["expires_at"],
-                    createdAt: row["created_at"])
+            func due(_ order: String, limit: Int) throws -> [AdmissionRow] {
+                try Row.fetchAll(
+                    db.cachedStatement(
+                    sql: """
+                        SELECT id, tenant, advertiser, cname, category, priority, send_at, expires_at, created_at
+                        FROM messages INDEXED BY messages_unadmitted_due
+                        WHERE effective_priority IS NULL AND status = 'queued' AND coalesce(send_at, created_at) <= ?
+                        ORDER BY coalesce(send_at, created_at) \(order) LIMIT ?
+                        """), arguments: [plan.now, limit]
+                ).map { row in
+                    AdmissionRow(
+                        id: row["id"],
+                        keys: RoutingKeys(tenant: row["tenant"], advertiser: row["advertiser"], cname: row["cname"], category: row["category"]),
+                        priority: row["priority"], sendAt: row["send_at"], expiresAt: row["expires_at"],
+                        createdAt: row["created_at"])
+                }
+            }
+            var fresh = try due("ASC", limit: Self.admissionSlice)
+            let admittedAll = fresh.count < Self.admissionSlice
+            if !admittedAll {
+                let oldest = Set(fresh.map(\.id))
+                fresh += try due("DESC", limit: Self.admissionNewest).filter { !oldest.contains($0.id) }
             }
             if !fresh.isEmpty {
                 let statement = try db.cachedStatement(
@@ -190,7 +204,6 @@ extension QueueStore {
                 let resolution = Router.resolve(keys, in: table, explain: false)
                 if chooser.take(resolution) { chosen.append((row[0], resolution)) }
             }
-            let admittedAll = fresh.count < Self.admissionSlice
             guard !chosen.isEmpty else { return ClaimBatch(messages: [], admittedAll: admittedAll) }
 
             let ids = chosen.map(\.id)

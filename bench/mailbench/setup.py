@@ -45,7 +45,9 @@ def ensure_packages():
 
 
 def build_release(repo, scratch, logfile, attempts=2):
-    """`swift build -c release` of the checkout into its own scratch folder; returns the bin dir.
+    """`swift build -c release --static-swift-stdlib` of the checkout into its own scratch folder
+    (the Swift runtime linked in, as `make deb` ships it: its RSS is what an operator sees);
+    returns the bin dir.
     Others edit the tree meanwhile: a build that fails is tried once more a minute later."""
     for attempt in range(1, attempts + 1):
         try:
@@ -66,7 +68,7 @@ def _build(repo, scratch, logfile):
     os.makedirs(os.path.dirname(logfile), exist_ok=True)
     with open(logfile, "w") as out:
         try:
-            done = subprocess.run([swift, "build", "-c", "release", "--scratch-path", scratch],
+            done = subprocess.run([swift, "build", "-c", "release", "--static-swift-stdlib", "--scratch-path", scratch],
                                   cwd=repo, stdout=out, stderr=subprocess.STDOUT, timeout=3600)
         except subprocess.TimeoutExpired:
             raise BenchError(f"release build did not finish within an hour (log: {logfile})")

@@ -61,3 +61,16 @@ import Testing
         #expect(MessageComposer.rfc5322Date(Date(timeIntervalSince1970: seconds)) == expected)
     }
 }
+
+@Suite struct MessageIDTests {
+    /// Message-IDs and boundaries come from version 4 UUIDs made from the system generator.
+    @Test func randomUUIDsAreVersion4AndDistinct() {
+        let ids = (0..<2000).map { _ in MessageComposer.randomUUID().uuidString.lowercased() }
+        #expect(Set(ids).count == ids.count)
+        for id in ids.prefix(50) {
+            let chars = Array(id)
+            #expect(chars.count == 36 && chars[14] == "4", "\(id)")
+            #expect("89ab".contains(chars[19]), "\(id)")
+        }
+    }
+}

@@ -43,8 +43,23 @@ public enum MessageComposer {
         public var messageID: String
     }
 
+    /// A version 4 UUID from the system generator (getrandom(2)). Foundation's `UUID()` on
+    /// Linux opens, reads and closes /dev/urandom for each one: 1.2 % of the daemon's CPU
+    /// in a drain (perf), for a Message-ID and a MIME boundary per message.
+    static func randomUUID() -> UUID {
+        var generator = SystemRandomNumberGenerator()
+        var bytes: uuid_t = (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+        withUnsafeMutableBytes(of: &bytes) { raw in
+            raw.storeBytes(of: generator.next() as UInt64, toByteOffset: 0, as: UInt64.self)
+            raw.storeBytes(of: generator.next() as UInt64, toByteOffset: 8, as: UInt64.self)
+            raw[6] = raw[6] & 0x0f | 0x40  // version 4
+            raw[8] = raw[8] & 0x3f | 0x80  // RFC 4122 variant
+        }
+        return UUID(uuid: bytes)
+    }
+
     public static func compose(_ message: OutgoingMessage) -> Composed {
-        let messageID = "\(UUID().uuidString.lowercased())@\(message.from.domain)"
+        let messageID = "\(randomUUID().uuidString.lowercased())@\(message.from.domain)"
         var head = HeaderWriter()
         head.add("Date", rfc5322Date(message.date))
         head.add("From", encodeMailboxes([message.from]))
@@ -163,7 +178,7 @@ public enum MessageComposer {
                 out += body
                 if !body.hasSuffix("\r\n") { out += "\r\n" }
             case .multipart(let subtype, let parts):
-                let boundary = "=_mr_\(UUID().uuidString.replacingOccurrences(of: "-", with: ""))"
+                let boundary = "=_mr_\(MessageComposer.randomUUID().uuidString.replacingOccurrences(of: "-", with: ""))"
                 out += "Content-Type: multipart/\(subtype); boundary=\"\(boundary)\"\r\n\r\n"
                 for part in parts {
                     out += "--\(boundary)\r\n"

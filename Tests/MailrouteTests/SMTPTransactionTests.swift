@@ -174,6 +174,36 @@ import Testing
         #expect(text(SMTPTransaction.stuffed(Array("a\r\n".utf8))) == "a\r\n.\r\n")
         #expect(text(SMTPTransaction.stuffed(Array("a\n.b\r\n".utf8))) == "a\n.b\r\n.\r\n", "only a dot after CRLF starts a line")
         #expect(text(SMTPTransaction.stuffed([])) == ".\r\n")
+        #expect(text(SMTPTransaction.stuffed(Array("\r\n.\r\n..\r\n.".utf8))) == "\r\n..\r\n...\r\n..\r\n.\r\n")
+    }
+
+    /// The run-copying stuffer against the rule read byte by byte, on every short message of
+    /// dots, CRs, LFs and letters (and random longer ones).
+    @Test func dotStuffingMatchesTheByteByByteRule() {
+        func reference(_ message: [UInt8]) -> [UInt8] {
+            var out: [UInt8] = []
+            var atLineStart = true
+            for byte in message {
+                if atLineStart && byte == 46 { out.append(46) }
+                out.append(byte)
+                atLineStart = byte == 10 && out.count >= 2 && out[out.count - 2] == 13
+            }
+            return out + (message.isEmpty || message.suffix(2).elementsEqual([13, 10]) ? [46, 13, 10] : [13, 10, 46, 13, 10])
+        }
+        let alphabet: [UInt8] = [46, 13, 10, 97]
+        var messages: [[UInt8]] = [[]]
+        for length in 1...6 {
+            for code in 0..<Int(pow(4.0, Double(length))) {
+                var c = code
+                messages.append((0..<length).map { _ in defer { c /= 4 }; return alphabet[c % 4] })
+            }
+        }
+        var generator = SystemRandomNumberGenerator()
+        for _ in 0..<200 { messages.append((0..<Int.random(in: 7...300, using: &generator)).map { _ in alphabet.randomElement(using: &generator)! }) }
+        for message in messages where SMTPTransaction.stuffed(message) != reference(message) {
+            Issue.record("differs for \(message)")
+            return
+        }
     }
 }
 

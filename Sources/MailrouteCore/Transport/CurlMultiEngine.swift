@@ -42,7 +42,12 @@ final class CurlMultiEngine: @unchecked Sendable {
 
     // Shared with other threads.
     private let multi: UnsafeMutableRawPointer
-    private let inbox = Locked<[Command]>([])
+    /// Commands, and whether the loop sleeps in its poll (only then does a submit wake it).
+    private let inbox = Locked<Inbox>(Inbox())
+    private struct Inbox {
+        var commands: [Command] = []
+        var sleeping = false
+    }
     private let nextPoolID = Locked(0)
 
     // The engine thread's own.
@@ -77,9 +82,15 @@ final class CurlMultiEngine: @unchecked Sendable {
         return id
     }
 
+    /// A busy loop takes the command on its next turn; waking it anyway cost a syscall and a
+    /// turn over every connection per message.
     func submit(_ command: Command) {
-        inbox.withLock { $0.append(command) }
-        curl_multi_wakeup(multi)
+        let wake = inbox.withLock { inbox -> Bool in
+            inbox.commands.append(command)
+            defer { inbox.sleeping = false }
+            return inbox.sleeping
+        }
+        if wake { curl_multi_wakeup(multi) }
     }
 
     // MARK: - The loop
@@ -89,9 +100,9 @@ final class CurlMultiEngine: @unchecked Sendable {
         var fds: [curl_waitfd] = []
         var owners: [Slot] = []
         while true {
-            let commands = inbox.withLock { commands -> [Command] in
-                defer { commands.removeAll(keepingCapacity: true) }
-                return commands
+            let commands = inbox.withLock { inbox -> [Command] in
+                defer { inbox.commands.removeAll(keepingCapacity: true) }
+                return inbox.commands
             }
             for command in commands { apply(command) }
             var now = Monotonic.now()
@@ -119,11 +130,18 @@ final class CurlMultiEngine: @unchecked Sendable {
                 owners.append(slot)
                 if slot.phase != .idle { wake = min(wake, slot.deadline) }
             }
-            let timeout = wake == .infinity ? 10_000 : Int32(max(0, min(10_000, ((wake - now) * 1000).rounded(.up))))
+            var timeout = wake == .infinity ? 10_000 : Int32(max(0, min(10_000, ((wake - now) * 1000).rounded(.up))))
+            // A command that came since the top of the loop is not waited for.
+            let sleeping = inbox.withLock { inbox -> Bool in
+                inbox.sleeping = inbox.commands.isEmpty
+                return inbox.sleeping
+            }
+            if !sleeping { timeout = 0 }
             // libcurl shortens the timeout to its own next one; a submit wakes it early.
             _ = fds.withUnsafeMutableBufferPointer { buffer in
                 curl_multi_poll(multi, buffer.baseAddress, UInt32(buffer.count), timeout, nil)
             }
+            inbox.withLock { $0.sleeping = false }
             now = Monotonic.now()
             for (i, slot) in owners.enumerated() where fds[i].revents != 0 {
                 pump(slot, now: now)

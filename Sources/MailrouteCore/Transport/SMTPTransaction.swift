@@ -215,14 +215,28 @@ struct SMTPTransaction {
 
     /// The message with every line that starts with "." given one more, and the end of data:
     /// ".\r\n" after a final CRLF, "\r\n.\r\n" otherwise (lib/smtp.c, Curl_smtp_escape_eob).
+    /// Copies the runs between lines that start with "." whole: byte by byte this was 2 % of
+    /// the daemon's CPU (perf), for messages that mostly have no such line.
     static func stuffed(_ message: [UInt8]) -> [UInt8] {
+        let dot = UInt8(ascii: ".")
         var out: [UInt8] = []
-        out.reserveCapacity(message.count + message.count / 64 + 5)
-        var atLineStart = true
-        for byte in message {
-            if atLineStart && byte == UInt8(ascii: ".") { out.append(UInt8(ascii: ".")) }
-            out.append(byte)
-            atLineStart = byte == UInt8(ascii: "\n") && out.count >= 2 && out[out.count - 2] == UInt8(ascii: "\r")
+        out.reserveCapacity(message.count + 16)
+        message.withUnsafeBufferPointer { m in
+            let n = m.count
+            var copied = 0
+            if n > 0 && m[0] == dot { out.append(dot) }
+            var i = 0
+            while i + 2 < n {
+                if m[i + 2] == dot && m[i + 1] == 10 && m[i] == 13 {
+                    out.append(contentsOf: UnsafeBufferPointer(rebasing: m[copied..<(i + 2)]))
+                    out.append(dot)
+                    copied = i + 2
+                    i += 3
+                } else {
+                    i += 1
+                }
+            }
+            out.append(contentsOf: UnsafeBufferPointer(rebasing: m[copied..<n]))
         }
         if message.isEmpty || message.suffix(2).elementsEqual([13, 10]) {
             out += Array(".\r\n".utf8)

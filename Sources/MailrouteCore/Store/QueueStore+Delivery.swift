@@ -109,11 +109,12 @@ extension QueueStore {
 
     /// Rows admitted per claim transaction. Admission rewrites each row (and its body), so
     /// 2,000 at once held the writer for tens of milliseconds while the pools ran dry (in
-    /// slices of 256 the drain ran 10 % faster), and an enqueuer that found the write lock
-    /// taken slept behind those transactions: its INSERT's p99 during a drain was 9-20 ms
-    /// with slices of 256 and 10-11 ms with 64, at the same drain rate (three A/B pairs). A
-    /// backlog larger than a slice is reported (`ClaimBatch.admittedAll`) so the dispatcher
-    /// goes on admitting whether or not its pools have room.
+    /// slices of 256 the drain ran 10 % faster), and an enqueuer that finds the write lock
+    /// taken sleeps behind such a transaction: its INSERT's p99 during a drain, median of
+    /// runs, was 17 ms with slices of 256 and 12 ms with 64 (6 and 12 runs, 9-22 ms either
+    /// way: the rest of its tail is its own fsync), at the same drain rate. A backlog larger
+    /// than a slice is reported (`ClaimBatch.admittedAll`) so the dispatcher goes on
+    /// admitting whether or not its pools have room.
     public static let admissionSlice = 64
     /// Behind a backlog larger than a slice, each claim also admits this many of the newest
     /// due rows: admission goes oldest first, so a password reset INSERTed behind 20,000 due

@@ -48,35 +48,39 @@ import Testing
 
     /// Each claimed row carries its route, resolved in the same transaction as the claim.
     /// Admission goes a slice per transaction and says when rows are left, so the dispatcher
-    /// goes on admitting even while no pool has room (limit 0 here).
-    /// A slice of the oldest due rows per claim, and behind a backlog the newest few too: a
-    /// reset INSERTed after thousands of due reports counts as a reset in the first claim.
-    @Test func admissionGoesASliceAtATimeAndSaysWhenRowsAreLeft() async throws {
-        let slice = QueueStore.admissionSlice, newest = QueueStore.admissionNewest
+    /// goes on admitting even while no pool has room (limit 0 here). Of the newest rows behind
+    /// the backlog only those that outrank it are admitted early: a reset INSERTed after
+    /// hundreds of due reports counts as a reset in the first claim, and a report INSERTed
+    /// after it does not pass the reports still waiting for admission.
+    @Test func admissionGoesASliceAtATimeAndARowThatOutranksTheBacklogFirst() async throws {
+        let slice = QueueStore.admissionSlice
         let total = slice * 3 + 10
-        let reset = try await store.pool.write { db -> Int64 in
-            for _ in 0..<total {
-                try db.execute(sql: "INSERT INTO messages (category, rcpt_to, subject, text_body) VALUES ('report', '[\"a@b.test\"]', 'due', 'x')")
-            }
+        let (reset, lastReport) = try await store.pool.write { db -> (Int64, Int64) in
+            let report = "INSERT INTO messages (category, rcpt_to, subject, text_body) VALUES ('report', '[\"a@b.test\"]', 'due', 'x')"
+            for _ in 0..<total { try db.execute(sql: report) }
             try db.execute(sql: "INSERT INTO messages (category, rcpt_to, subject, text_body) VALUES ('password_reset', '[\"a@b.test\"]', 'reset', 'x')")
-            return db.lastInsertedRowID
+            let reset = db.lastInsertedRowID
+            try db.execute(sql: report)
+            return (reset, db.lastInsertedRowID)
         }
-        func admitted() async throws -> Int {
-            try await store.pool.read { db in
-                try Int.fetchOne(db, sql: "SELECT count(*) FROM messages WHERE effective_priority IS NOT NULL") ?? -1
-            }
+        func count(_ condition: String) async throws -> Int {
+            try await store.pool.read { db in try Int.fetchOne(db, sql: "SELECT count(*) FROM messages WHERE \(condition)") ?? -1 }
         }
         let later = Date().timeIntervalSince1970 + 1
         var rounds: [Bool] = []
         var counts: [Int] = []
-        for _ in 0..<3 {
+        for round in 0..<4 {
             let batch = try await store.claimBatch(plan(now: later, limit: 0))
             #expect(batch.messages.isEmpty)
             rounds.append(batch.admittedAll)
-            counts.append(try await admitted())
+            counts.append(try await count("effective_priority IS NOT NULL"))
+            if round == 0 {
+                #expect(try await count("id = \(reset) AND effective_priority IS NOT NULL") == 1, "the reset jumps the line")
+                #expect(try await count("id = \(lastReport) AND effective_priority IS NULL") == 1, "the last report waits its turn")
+            }
         }
-        #expect(rounds == [false, false, true])
-        #expect(counts == [slice + newest, 2 * (slice + newest), total + 1])
+        #expect(rounds == [false, false, false, true])
+        #expect(counts == [slice + 1, 2 * slice + 1, 3 * slice + 1, total + 2])
         let first = try await store.claim(plan(now: later, limit: 1))
         #expect(first.map(\.id) == [reset], "the reset, admitted in the first claim, goes first")
         let unadmitted = try await store.pool.read { db in

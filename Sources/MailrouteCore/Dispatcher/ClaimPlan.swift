@@ -26,11 +26,12 @@ public struct ClaimPlan: Sendable {
 
     /// Messages per connection a pool is given: `workInHandSeconds` of its recent pace
     /// rounded up, at most `maxMessagesPerConnection`. A pool whose sends take longer than that
-    /// gets one per connection: the next claim comes in a millisecond or two, long before its
-    /// connection is free, and every message held beyond it costs tens of KB (its task, its
-    /// composed copy), which with 1,000 tenants was most of the daemon's memory. It also means
-    /// a password reset claimed after a report waits behind one report. A rate-limited pool's
-    /// pace is its limit, however fast its server answers.
+    /// gets one per connection: its connection then waits for the claim and composition of
+    /// the next message (`PoolRegistry.wantsWork` asks for it as soon as a place is free),
+    /// a millisecond or two against a send of 50 ms or more, while every message held beyond
+    /// it costs tens of KB (its task, its composed copy), which with 1,000 tenants was most of
+    /// the daemon's memory. It also means a password reset claimed after a report waits behind
+    /// one report. A rate-limited pool's pace is its limit, however fast its server answers.
     public static func depth(secondsPerMessage: Double?, limits: PoolLimits) -> Int {
         var pace = secondsPerMessage ?? 0
         if let rate = limits.ratePerMinute, rate > 0 {

@@ -206,7 +206,7 @@ public actor Dispatcher: Service {
     /// How many more messages each pool can take (`PoolRegistry.capacity`).
     private func claimPlan(now t: Double, expire: Bool) -> ClaimPlan {
         var plan = ClaimPlan(
-            now: t, leaseSeconds: settings.queue.leaseSeconds, expire: expire, limit: max(0, 2000 - inFlight), room: pools.room(),
+            now: t, leaseSeconds: settings.queue.leaseSeconds, expire: expire, limit: max(0, 2000 - inFlight), room: pools.roomForClaim(),
             defaultMaxConnections: settings.delivery.defaultMaxConnections, categories: settings.categories)
         plan.down = health.trippedVersions
         return plan

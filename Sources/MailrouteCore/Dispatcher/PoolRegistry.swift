@@ -15,16 +15,26 @@ struct PoolRegistry {
         self.transport = transport
     }
 
+    /// Pools that had no free place when the last claim was planned: their rows may wait.
+    private var fullAtLastClaim: Set<Key> = []
+
     /// How many messages a pool is given in all: `ClaimPlan.depth` per connection.
     static func capacity(_ pool: any SMTPPool) -> Int {
-        pool.limits.maxConnections * ClaimPlan.depth(secondsPerMessage: pool.secondsPerMessage, limits: pool.limits)
+        pool.limits.maxConnections * depth(pool)
     }
 
-    /// Free places per pool that exists (configuration id; nil is the relay), for `ClaimPlan`.
-    func room() -> [Int64?: Int] {
+    private static func depth(_ pool: any SMTPPool) -> Int {
+        ClaimPlan.depth(secondsPerMessage: pool.secondsPerMessage, limits: pool.limits)
+    }
+
+    /// Free places per pool that exists (configuration id; nil is the relay), for the
+    /// `ClaimPlan` of a claim about to be made.
+    mutating func roomForClaim() -> [Int64?: Int] {
         var room: [Int64?: Int] = [:]
+        fullAtLastClaim.removeAll(keepingCapacity: true)
         for (key, pool) in pools {
             let free = Self.capacity(pool) - pool.load
+            if free <= 0 { fullAtLastClaim.insert(key) }
             switch key {
             case .platform: room[nil] = free
             case .config(let id, _): room[id] = free
@@ -33,16 +43,20 @@ struct PoolRegistry {
         return room
     }
 
-    /// While draining, whether a claim is worth a transaction: some busy pool has a quarter of
-    /// its places free again (an idle pool had its chance in the claim that found work).
+    /// While draining, whether a claim is worth a transaction: a busy pool has a quarter of
+    /// its places free again, or, with one message per connection, any place (each free place
+    /// is an idle connection then); or a pool that was full at the last claim has room (its
+    /// last message may have finished). A pool that had room at the last claim and got
+    /// nothing has no rows waiting.
     func wantsWork() -> Bool {
         var anyBusy = false
-        for pool in pools.values {
+        for (key, pool) in pools {
             let load = pool.load
-            guard load > 0 else { continue }
+            guard load > 0 || fullAtLastClaim.contains(key) else { continue }
             anyBusy = true
-            let capacity = Self.capacity(pool)
-            if capacity - load >= max(1, capacity / 4) { return true }
+            let depth = Self.depth(pool)
+            let capacity = pool.limits.maxConnections * depth
+            if capacity - load >= (depth == 1 ? 1 : max(1, capacity / 4)) { return true }
         }
         return !anyBusy
     }

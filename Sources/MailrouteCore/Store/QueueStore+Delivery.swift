@@ -116,11 +116,10 @@ extension QueueStore {
     /// than a slice is reported (`ClaimBatch.admittedAll`) so the dispatcher goes on
     /// admitting whether or not its pools have room.
     public static let admissionSlice = 64
-    /// Behind a backlog larger than a slice, each claim also admits this many of the newest
-    /// due rows: admission goes oldest first, so a password reset INSERTed behind 20,000 due
-    /// reports waited for all of them to be admitted (~1 s; 5 s behind 100,000) before its
-    /// priority could count. Which rows are claimed first is still decided by priority and
-    /// id, among the admitted.
+    /// Behind a backlog larger than a slice, each claim also reads this many of the newest
+    /// due rows and admits those that outrank the oldest slice: admission goes oldest first,
+    /// so a password reset INSERTed behind 20,000 due reports waited for all of them to be
+    /// admitted (~1 s; 5 s behind 100,000) before its priority could count.
     public static let admissionNewest = 32
 
     /// `claimBatch` for callers that need only the messages.
@@ -164,21 +163,27 @@ extension QueueStore {
                         createdAt: row["created_at"])
                 }
             }
-            var fresh = try due("ASC", limit: Self.admissionSlice)
-            let admittedAll = fresh.count < Self.admissionSlice
+            var admissions = try due("ASC", limit: Self.admissionSlice).map { plan.admit($0, in: table) }
+            let admittedAll = admissions.count < Self.admissionSlice
             if !admittedAll {
-                let oldest = Set(fresh.map(\.id))
-                fresh += try due("DESC", limit: Self.admissionNewest).filter { !oldest.contains($0.id) }
+                // Of the newest, only rows that would jump the line: the others would wait
+                // behind the older ones anyway, and admitting them early would let them pass
+                // older rows of their own priority that are still waiting for admission.
+                let oldest = Set(admissions.map(\.id))
+                let head = admissions.map(\.effectivePriority).min() ?? Int.max
+                admissions += try due("DESC", limit: Self.admissionNewest)
+                    .filter { !oldest.contains($0.id) }
+                    .map { plan.admit($0, in: table) }
+                    .filter { $0.effectivePriority < head }
             }
-            if !fresh.isEmpty {
+            if !admissions.isEmpty {
                 let statement = try db.cachedStatement(
                     sql: """
                         UPDATE messages SET effective_priority = ?, config_id = ?, route = ?, next_attempt_at = ?,
                                             expires_at = ?
                         WHERE id = ?
                         """)
-                for row in fresh {
-                    let a = plan.admit(row, in: table)
+                for a in admissions {
                     try statement.execute(arguments: [a.effectivePriority, a.configId, a.route.rawValue, a.dueAt, a.expiresAt, a.id])
                 }
             }

@@ -68,7 +68,8 @@ public struct ClaimPlan: Sendable {
     /// Admission, once per row when it becomes due: its effective priority (the smaller of its
     /// own, or its category's, and its configuration's, SPEC §4), due time and deadline.
     func admit(_ row: AdmissionRow, in table: RoutingTable) -> Admission {
-        let resolution = Router.resolve(row.keys, in: table)
+        // The route alone: `route resolve`'s explanation strings are not stored.
+        let resolution = Router.resolve(row.keys, in: table, explain: false)
         let category = category(row.keys.category)
         let own = row.priority ?? category.priority
         return Admission(

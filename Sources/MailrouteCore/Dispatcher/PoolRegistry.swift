@@ -19,8 +19,8 @@ struct PoolRegistry {
     private var fullAtLastClaim: Set<Key> = []
 
     /// How many messages a pool is given in all: `ClaimPlan.depth` per connection.
-    static func capacity(_ pool: any SMTPPool) -> Int {
-        pool.limits.maxConnections * depth(pool)
+    static func capacity(_ pool: any SMTPPool, depth: Int? = nil) -> Int {
+        pool.limits.maxConnections * (depth ?? Self.depth(pool))
     }
 
     private static func depth(_ pool: any SMTPPool) -> Int {
@@ -55,7 +55,7 @@ struct PoolRegistry {
             guard load > 0 || fullAtLastClaim.contains(key) else { continue }
             anyBusy = true
             let depth = Self.depth(pool)
-            let capacity = pool.limits.maxConnections * depth
+            let capacity = Self.capacity(pool, depth: depth)
             if capacity - load >= (depth == 1 ? 1 : max(1, capacity / 4)) { return true }
         }
         return !anyBusy
@@ -111,21 +111,21 @@ struct PoolRegistry {
     /// once per queued message). Their queued work comes back not started and is claimed
     /// again, now for the relay or to wait; sends in hand finish.
     mutating func retire(configID: Int64) -> [any SMTPPool] {
-        var retired: [any SMTPPool] = []
-        for key in pools.keys {
-            guard case .config(let id, _) = key, id == configID, let pool = pools.removeValue(forKey: key) else { continue }
-            retired.append(pool)
-        }
-        return retired
+        retire { id, _ in id == configID }
     }
 
     /// Takes out the pools whose configuration's connection settings changed, or that was
     /// deleted; the caller closes them (their sends in hand finish first).
     mutating func retireStale(_ routing: RoutingTable) -> [any SMTPPool] {
+        retire { id, version in routing.configs[id]?.settingsVersion != version }
+    }
+
+    /// Takes out the configurations' pools (id, settings version) that `matches`.
+    private mutating func retire(where matches: (Int64, Int) -> Bool) -> [any SMTPPool] {
         var retired: [any SMTPPool] = []
         for key in pools.keys {
-            guard case .config(let id, let version) = key, routing.configs[id]?.settingsVersion != version else { continue }
-            if let pool = pools.removeValue(forKey: key) { retired.append(pool) }
+            guard case .config(let id, let version) = key, matches(id, version), let pool = pools.removeValue(forKey: key) else { continue }
+            retired.append(pool)
         }
         return retired
     }

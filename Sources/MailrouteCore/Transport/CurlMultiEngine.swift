@@ -163,7 +163,7 @@ final class CurlMultiEngine: @unchecked Sendable {
             }
             job.queuedAt = Monotonic.now()
             pool.queue.append(job)
-            pool.lastActive = Monotonic.now()
+            pool.lastActive = job.queuedAt
             dirty.insert(id)
         case .close(let id), .release(let id):
             guard let pool = pools[id], !pool.closing else { return }

@@ -121,7 +121,7 @@ struct SMTPTransaction {
             replyStarted = false
             replies += 1
             guard case .wait = event else { continue }
-            event = pipelining ? pipelinedReply(code, &transcript) : reply(code, &transcript)
+            event = reply(code, &transcript)
             // The end: what follows (replies a refused pipeline still owed) is not this send's,
             // and must not become its last reply.
             if case .finished = event { return event }
@@ -139,34 +139,6 @@ struct SMTPTransaction {
 
     private var pipelining: Bool { capabilities.pipelining && !recipients.isEmpty }
 
-    /// A reply within a pipeline: nothing more is sent until DATA's reply. A refusal ends the
-    /// transaction at once, as in lock step, with the replies still owed unread.
-    private mutating func pipelinedReply(_ code: Int, _ transcript: inout SMTPTranscript) -> Event {
-        switch step {
-        case .mail:
-            guard code / 100 == 2 else { return fail(Code.sendError, "MAIL failed: \(code)", code) }
-            step = .rcpt(0)
-            return .wait
-        case .rcpt(let index):
-            if code / 100 == 2 {
-                acceptedRecipients += 1
-            } else {
-                lastRecipientError = code
-            }
-            if index + 1 < recipients.count {
-                step = .rcpt(index + 1)
-                return .wait
-            }
-            guard acceptedRecipients > 0 else {
-                return fail(Code.sendError, "RCPT failed: \(lastRecipientError) (last error)", code)
-            }
-            step = .data
-            return .wait
-        case .data, .body, .done:
-            return reply(code, &transcript)
-        }
-    }
-
     private mutating func reply(_ code: Int, _ transcript: inout SMTPTranscript) -> Event {
         switch step {
         case .mail:
@@ -183,7 +155,8 @@ struct SMTPTransaction {
                 return fail(Code.sendError, "RCPT failed: \(lastRecipientError) (last error)", code)
             }
             step = .data
-            return .send(command("DATA", &transcript))
+            // In a pipeline DATA went out with MAIL; a refusal above ended it with replies owed.
+            return pipelining ? .wait : .send(command("DATA", &transcript))
         case .data:
             guard code == 354 else { return fail(Code.sendError, "DATA failed: \(code)", code) }
             step = .body
@@ -200,7 +173,8 @@ struct SMTPTransaction {
     private mutating func nextRecipient(_ index: Int, _ transcript: inout SMTPTranscript) -> Event {
         guard index < recipients.count else { return fail(Code.sendError, "RCPT failed: no recipients", 0) }
         step = .rcpt(index)
-        return .send(command("RCPT TO:<\(recipients[index])>", &transcript))
+        // In a pipeline the RCPTs went out with MAIL: nothing more until DATA's reply.
+        return pipelining ? .wait : .send(command("RCPT TO:<\(recipients[index])>", &transcript))
     }
 
     private mutating func fail(_ code: Int, _ message: String, _ response: Int) -> Event {

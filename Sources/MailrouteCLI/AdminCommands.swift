@@ -6,11 +6,12 @@ struct MigrateCommand: CtlCommand {
         commandName: "migrate", abstract: "Create or upgrade the queue database schema (either program also does it on open).")
     @OptionGroup var global: GlobalOptions
 
-    func execute() throws {
-        let service = try global.context.open()
-        let applied = try service.store.appliedMigrations()
-        if global.context.json { return try Output.object(["database": service.store.path, "migrations": applied]) }
-        print("\(service.store.path): schema up to date (\(applied.joined(separator: ", ")))")
+    func execute() async throws {
+        try await global.context.withService { service in
+            let applied = try await service.store.appliedMigrations()
+            if global.context.json { return try Output.object(["database": service.store.location, "migrations": applied]) }
+            print("\(service.store.location): schema up to date (\(applied.joined(separator: ", ")))")
+        }
     }
 }
 
@@ -26,7 +27,7 @@ struct KeyGenerate: CtlCommand {
     @OptionGroup var global: GlobalOptions
     @Option(help: "Where to write the key (default: [secrets] key_file).") var output: String?
 
-    func execute() throws {
+    func execute() async throws {
         let path = try output ?? global.context.settings().secrets.keyFile
         try KeyFile.generate(at: path)
         if global.context.json { return try Output.object(["key_file": path]) }

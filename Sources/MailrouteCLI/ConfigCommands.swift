@@ -70,10 +70,11 @@ struct ConfigAdd: CtlCommand {
     @Option(help: "The tenant that owns the configuration.") var tenant: String
     @OptionGroup var settings: ConfigSettingsOptions
 
-    func execute() throws {
-        let service = try global.context.open()
-        let record = try service.add(tenant: tenant, input: try settings.input())
-        try ConfigShow.show(record, service: service, json: global.context.json)
+    func execute() async throws {
+        try await global.context.withService { service in
+            let record = try await service.add(tenant: tenant, input: try settings.input())
+            try ConfigShow.show(record, service: service, json: global.context.json)
+        }
     }
 }
 
@@ -84,10 +85,11 @@ struct ConfigEdit: CtlCommand {
     @Argument(help: "TENANT/NAME") var ref: String
     @OptionGroup var settings: ConfigSettingsOptions
 
-    func execute() throws {
-        let service = try global.context.open()
-        let record = try service.edit(try ConfigRef(parsing: ref), input: try settings.input())
-        try ConfigShow.show(record, service: service, json: global.context.json)
+    func execute() async throws {
+        try await global.context.withService { service in
+            let record = try await service.edit(try ConfigRef(parsing: ref), input: try settings.input())
+            try ConfigShow.show(record, service: service, json: global.context.json)
+        }
     }
 }
 
@@ -96,23 +98,24 @@ struct ConfigList: CtlCommand {
     @OptionGroup var global: GlobalOptions
     @Option(help: "Only this tenant's.") var tenant: String?
 
-    func execute() throws {
-        let service = try global.context.open()
-        let records = try service.store.configs(tenant: tenant)
-        let defaultMax = service.settings.delivery.defaultMaxConnections
-        if global.context.json {
-            try Output.json(records.map { ConfigView($0, defaultMaxConnections: defaultMax) })
-            return
+    func execute() async throws {
+        try await global.context.withService { service in
+            let records = try await service.store.configs(tenant: tenant)
+            let defaultMax = service.settings.delivery.defaultMaxConnections
+            if global.context.json {
+                try Output.json(records.map { ConfigView($0, defaultMaxConnections: defaultMax) })
+                return
+            }
+            Output.table(
+                ["TENANT", "NAME", "SERVER", "SECURITY", "FROM", "DEFAULT", "ENABLED", "STATUS"],
+                records.map { r in
+                    [
+                        r.tenant, r.name, "\(r.host):\(r.port)", r.security.rawValue, r.fromAddress,
+                        r.isDefault ? "yes" : "", r.enabled ? "yes" : "no",
+                        r.status.rawValue + (r.errorKind.map { " (\($0.rawValue))" } ?? ""),
+                    ]
+                })
         }
-        Output.table(
-            ["TENANT", "NAME", "SERVER", "SECURITY", "FROM", "DEFAULT", "ENABLED", "STATUS"],
-            records.map { r in
-                [
-                    r.tenant, r.name, "\(r.host):\(r.port)", r.security.rawValue, r.fromAddress,
-                    r.isDefault ? "yes" : "", r.enabled ? "yes" : "no",
-                    r.status.rawValue + (r.errorKind.map { " (\($0.rawValue))" } ?? ""),
-                ]
-            })
     }
 }
 
@@ -121,9 +124,10 @@ struct ConfigShow: CtlCommand {
     @OptionGroup var global: GlobalOptions
     @Argument(help: "TENANT/NAME") var ref: String
 
-    func execute() throws {
-        let service = try global.context.open()
-        try Self.show(try service.existing(try ConfigRef(parsing: ref)), service: service, json: global.context.json)
+    func execute() async throws {
+        try await global.context.withService { service in
+            try Self.show(try await service.existing(try ConfigRef(parsing: ref)), service: service, json: global.context.json)
+        }
     }
 
     static func show(_ r: SMTPConfigRecord, service: ConfigurationService, json: Bool) throws {
@@ -166,12 +170,13 @@ struct ConfigDelete: CtlCommand {
     @OptionGroup var global: GlobalOptions
     @Argument(help: "TENANT/NAME") var ref: String
 
-    func execute() throws {
-        let service = try global.context.open()
-        let config = try ConfigRef(parsing: ref)
-        let routes = try service.store.deleteConfig(tenant: config.tenant, name: config.name)
-        if global.context.json { return try Output.object(["deleted": config.description, "routes_removed": routes]) }
-        print("deleted \(config) and \(routes) route(s) to it")
+    func execute() async throws {
+        try await global.context.withService { service in
+            let config = try ConfigRef(parsing: ref)
+            let routes = try await service.store.deleteConfig(tenant: config.tenant, name: config.name)
+            if global.context.json { return try Output.object(["deleted": config.description, "routes_removed": routes]) }
+            print("deleted \(config) and \(routes) route(s) to it")
+        }
     }
 }
 
@@ -180,12 +185,13 @@ struct ConfigSetDefault: CtlCommand {
     @OptionGroup var global: GlobalOptions
     @Argument(help: "TENANT/NAME") var ref: String
 
-    func execute() throws {
-        let service = try global.context.open()
-        let config = try ConfigRef(parsing: ref)
-        try service.store.setDefault(tenant: config.tenant, name: config.name)
-        if global.context.json { return try Output.object(["default": config.description]) }
-        print("\(config) is now the default of tenant \(config.tenant)")
+    func execute() async throws {
+        try await global.context.withService { service in
+            let config = try ConfigRef(parsing: ref)
+            try await service.store.setDefault(tenant: config.tenant, name: config.name)
+            if global.context.json { return try Output.object(["default": config.description]) }
+            print("\(config) is now the default of tenant \(config.tenant)")
+        }
     }
 }
 
@@ -194,14 +200,15 @@ struct ConfigEnable: CtlCommand {
     @OptionGroup var global: GlobalOptions
     @Argument(help: "TENANT/NAME") var ref: String
 
-    func execute() throws { try ConfigEnable.set(ref, enabled: true, global: global) }
+    func execute() async throws { try await ConfigEnable.set(ref, enabled: true, global: global) }
 
-    static func set(_ ref: String, enabled: Bool, global: GlobalOptions) throws {
-        let service = try global.context.open()
-        let config = try ConfigRef(parsing: ref)
-        try service.store.setEnabled(tenant: config.tenant, name: config.name, enabled: enabled)
-        if global.context.json { return try Output.object(["config": config.description, "enabled": enabled]) }
-        print("\(config) \(enabled ? "enabled" : "disabled")")
+    static func set(_ ref: String, enabled: Bool, global: GlobalOptions) async throws {
+        try await global.context.withService { service in
+            let config = try ConfigRef(parsing: ref)
+            try await service.store.setEnabled(tenant: config.tenant, name: config.name, enabled: enabled)
+            if global.context.json { return try Output.object(["config": config.description, "enabled": enabled]) }
+            print("\(config) \(enabled ? "enabled" : "disabled")")
+        }
     }
 }
 
@@ -211,7 +218,7 @@ struct ConfigDisable: CtlCommand {
     @OptionGroup var global: GlobalOptions
     @Argument(help: "TENANT/NAME") var ref: String
 
-    func execute() throws { try ConfigEnable.set(ref, enabled: false, global: global) }
+    func execute() async throws { try await ConfigEnable.set(ref, enabled: false, global: global) }
 }
 
 struct ConfigVerify: CtlCommand {
@@ -220,10 +227,11 @@ struct ConfigVerify: CtlCommand {
     @OptionGroup var global: GlobalOptions
     @Argument(help: "TENANT/NAME") var ref: String
 
-    func execute() throws {
-        let service = try global.context.open()
-        let result = try service.verify(try ConfigRef(parsing: ref))
-        try ConfigVerify.report(result, json: global.context.json, success: "verified: \(result.config) accepted the connection and login")
+    func execute() async throws {
+        try await global.context.withService { service in
+            let result = try await service.verify(try ConfigRef(parsing: ref))
+            try ConfigVerify.report(result, json: global.context.json, success: "verified: \(result.config) accepted the connection and login")
+        }
     }
 
     /// `dkim`: for a test message, how it was signed (or why not).
@@ -254,15 +262,16 @@ struct ConfigTest: CtlCommand {
     @Argument(help: "TENANT/NAME") var ref: String
     @Option(help: "Recipient of the test message.") var to: String
 
-    func execute() throws {
-        let service = try global.context.open()
-        let config = try ConfigRef(parsing: ref)
-        let result = try service.test(config, to: to)
-        let dkim = result.signedWith.isEmpty
-            ? DKIMSummary(try service.existing(config), keysDirectory: service.settings.dkim.keysDirectory).text
-            : "signed as " + result.signedWith.joined(separator: ", ")
-        try ConfigVerify.report(
-            result, json: global.context.json, success: "sent: test message to \(to) through \(result.config)", dkim: dkim)
+    func execute() async throws {
+        try await global.context.withService { service in
+            let config = try ConfigRef(parsing: ref)
+            let result = try await service.test(config, to: to)
+            let dkim = result.signedWith.isEmpty
+                ? DKIMSummary(try await service.existing(config), keysDirectory: service.settings.dkim.keysDirectory).text
+                : "signed as " + result.signedWith.joined(separator: ", ")
+            try ConfigVerify.report(
+                result, json: global.context.json, success: "sent: test message to \(to) through \(result.config)", dkim: dkim)
+        }
     }
 }
 

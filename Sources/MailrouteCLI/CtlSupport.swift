@@ -1,6 +1,8 @@
 import ArgumentParser
 import Foundation
 import GRDB
+import Logging
+import PostgresNIO
 import MailrouteCore
 
 extension SMTPSecurity: ExpressibleByArgument {}
@@ -45,23 +47,27 @@ struct CtlContext {
         try MailrouteConfiguration(contentsOfFile: configPath)
     }
 
-    /// Loads the config file and opens (and migrates) the queue database.
-    func open() throws -> ConfigurationService {
+    /// Loads the config file, opens (and migrates) the queue, runs `body`, and closes the
+    /// queue's connections (PostgreSQL) whatever happened.
+    func withService<T>(_ body: (ConfigurationService) async throws -> T) async throws -> T {
         let settings = try settings()
-        let store = try QueueStore(path: settings.queue.path)
-        return ConfigurationService(settings: settings, store: store)
+        // Quiet: a command prints its own result; the daemon is what logs.
+        let quiet = Logger(label: "mailroutectl", factory: { _ in SwiftLogNoOpLogHandler() })
+        return try await QueueBackends.with(settings.queue, logger: quiet) { store in
+            try await body(ConfigurationService(settings: settings, store: store))
+        }
     }
 }
 
 /// A `mailroutectl` command: its errors become one line on stderr and exit status 1.
-protocol CtlCommand: ParsableCommand {
-    func execute() throws
+protocol CtlCommand: AsyncParsableCommand {
+    func execute() async throws
 }
 
 extension CtlCommand {
-    func run() throws {
+    func run() async throws {
         do {
-            try execute()
+            try await execute()
         } catch let exit as ExitCode {
             throw exit
         } catch {
@@ -77,6 +83,10 @@ func describe(_ error: Error) -> String {
     case let error as DatabaseError:
         // SQLite's own sentence names the column or the constraint that refused the change.
         return error.message ?? "\(error)"
+    case let error as PSQLError:
+        // PostgreSQL's own sentence, as SQLite's: it names the column or the rule. The rest of
+        // the error (the query, its binds) stays out of an operator's terminal.
+        return PostgresStore.describe(error)
     case let error as CustomStringConvertible:
         return error.description.split(separator: "\n").joined(separator: " ")
     default:

@@ -59,7 +59,7 @@ struct DKIMGenerate: CtlCommand {
     @Option(help: "rsa (2048 bits, what every verifier knows) or ed25519 (RFC 8463).") var algorithm: DKIMAlgorithm = .rsaSHA256
     @OptionGroup var keys: KeysDirectoryOption
 
-    func execute() throws {
+    func execute() async throws {
         let directory = try keys.resolve(global)
         let domain: String
         let selector: String
@@ -107,7 +107,7 @@ struct DKIMList: CtlCommand {
     @OptionGroup var global: GlobalOptions
     @OptionGroup var keys: KeysDirectoryOption
 
-    func execute() throws {
+    func execute() async throws {
         let directory = try keys.resolve(global)
         let keyring = DKIMKeyring.load(directory: directory)
         guard keyring.directoryExists else {

@@ -2,7 +2,7 @@ import ArgumentParser
 import Foundation
 
 /// `mailroutectl`: the operator's and the application's tool (SPEC §5).
-public struct MailrouteCtl: ParsableCommand {
+public struct MailrouteCtl: AsyncParsableCommand {
     public static let configuration = CommandConfiguration(
         commandName: "mailroutectl",
         abstract: "Manage Mailroute's SMTP configurations, routes and queue.",
@@ -17,7 +17,7 @@ public struct MailrouteCtl: ParsableCommand {
     /// (`mailroutectl --config F route set … --config N`), as operators type them.
     /// A leading `--config` becomes `$MAILROUTE_CONFIG`, because after the subcommand
     /// `route set --config` names a configuration.
-    public static func main(arguments: [String]) {
+    public static func main(arguments: [String]) async {
         var rest = arguments[...]
         var trailing: [String] = []
         while let first = rest.first {
@@ -31,6 +31,6 @@ public struct MailrouteCtl: ParsableCommand {
                 break
             }
         }
-        main(Array(rest) + trailing)
+        await main(Array(rest) + trailing)
     }
 }

@@ -24,39 +24,40 @@ struct EnqueueCommand: CtlCommand {
     @Option(help: "Reply-To override.") var replyTo: String?
     @Option(help: "A second enqueue with the same key is refused.") var idempotencyKey: String?
 
-    func execute() throws {
-        let service = try global.context.open()
-        for address in to + cc + bcc { _ = try Validate.address(address, field: "recipient") }
-        if let priority, !(1...5).contains(priority) {
-            throw MailrouteError.invalid(field: "--priority", reason: "must be 1-5, not \(priority)")
-        }
-        guard text != nil || html != nil else { throw MailrouteError.invalid(field: "--text", reason: "give --text or --html (or both)") }
-        if text == "-" && html == "-" { throw MailrouteError.invalid(field: "--html", reason: "only one body can come from standard input") }
-
-        var message = MessageRecord(category: category, rcptTo: try json(to), subject: subject)
-        message.tenant = tenant
-        message.advertiser = advertiser
-        message.cname = cname
-        message.cc = cc.isEmpty ? nil : try json(cc)
-        message.bcc = bcc.isEmpty ? nil : try json(bcc)
-        message.textBody = try text.map(read)
-        message.htmlBody = try html.map(read)
-        message.priority = priority
-        message.sendAt = try sendAt.map(parseTime)
-        message.mailFrom = from
-        message.fromName = fromName
-        message.replyTo = replyTo
-        message.idempotencyKey = idempotencyKey
-        let attachments = try attach.map { path -> (String, String, Data) in
-            guard let data = FileManager.default.contents(atPath: path) else {
-                throw MailrouteError.invalid(field: "--attach", reason: "\(path) cannot be read")
+    func execute() async throws {
+        try await global.context.withService { service in
+            for address in to + cc + bcc { _ = try Validate.address(address, field: "recipient") }
+            if let priority, !(1...5).contains(priority) {
+                throw MailrouteError.invalid(field: "--priority", reason: "must be 1-5, not \(priority)")
             }
-            let name = URL(fileURLWithPath: path).lastPathComponent
-            return (name, MediaType.guess(for: name), data)
+            guard text != nil || html != nil else { throw MailrouteError.invalid(field: "--text", reason: "give --text or --html (or both)") }
+            if text == "-" && html == "-" { throw MailrouteError.invalid(field: "--html", reason: "only one body can come from standard input") }
+
+            var message = MessageRecord(category: category, rcptTo: try json(to), subject: subject)
+            message.tenant = tenant
+            message.advertiser = advertiser
+            message.cname = cname
+            message.cc = cc.isEmpty ? nil : try json(cc)
+            message.bcc = bcc.isEmpty ? nil : try json(bcc)
+            message.textBody = try text.map(read)
+            message.htmlBody = try html.map(read)
+            message.priority = priority
+            message.sendAt = try sendAt.map(parseTime)
+            message.mailFrom = from
+            message.fromName = fromName
+            message.replyTo = replyTo
+            message.idempotencyKey = idempotencyKey
+            let attachments = try attach.map { path -> (String, String, Data) in
+                guard let data = FileManager.default.contents(atPath: path) else {
+                    throw MailrouteError.invalid(field: "--attach", reason: "\(path) cannot be read")
+                }
+                let name = URL(fileURLWithPath: path).lastPathComponent
+                return (name, MediaType.guess(for: name), data)
+            }
+            let id = try await service.store.enqueue(message, attachments: attachments)
+            if global.context.json { return try Output.object(["id": id]) }
+            print("queued message \(id)")
         }
-        let id = try service.store.enqueue(message, attachments: attachments)
-        if global.context.json { return try Output.object(["id": id]) }
-        print("queued message \(id)")
     }
 
     private func json(_ list: [String]) throws -> String {
@@ -96,18 +97,19 @@ struct QueueList: CtlCommand {
     @Option(help: "Only this tenant's.") var tenant: String?
     @Option(help: "At most this many.") var limit = 100
 
-    func execute() throws {
-        let service = try global.context.open()
-        let rows = try service.store.messages(status: status, tenant: tenant, limit: limit)
-        if global.context.json { return try Output.json(rows.map(MessageView.init)) }
-        Output.table(
-            ["ID", "STATUS", "TENANT", "CATEGORY", "PRIO", "TRIES", "ROUTE", "CREATED", "SUBJECT"],
-            rows.map { m in
-                [
-                    "\(m.id ?? 0)", m.status.rawValue, m.tenant ?? "-", m.category, m.priority.map(String.init) ?? "-",
-                    "\(m.attempts)", m.route?.rawValue ?? "-", formatTime(m.createdAt), String(m.subject.prefix(40)),
-                ]
-            })
+    func execute() async throws {
+        try await global.context.withService { service in
+            let rows = try await service.store.messages(status: status, tenant: tenant, limit: limit)
+            if global.context.json { return try Output.json(rows.map(MessageView.init)) }
+            Output.table(
+                ["ID", "STATUS", "TENANT", "CATEGORY", "PRIO", "TRIES", "ROUTE", "CREATED", "SUBJECT"],
+                rows.map { m in
+                    [
+                        "\(m.id ?? 0)", m.status.rawValue, m.tenant ?? "-", m.category, m.priority.map(String.init) ?? "-",
+                        "\(m.attempts)", m.route?.rawValue ?? "-", formatTime(m.createdAt), String(m.subject.prefix(40)),
+                    ]
+                })
+        }
     }
 }
 
@@ -116,38 +118,39 @@ struct QueueShow: CtlCommand {
     @OptionGroup var global: GlobalOptions
     @Argument(help: "Message id.") var id: Int64
 
-    func execute() throws {
-        let service = try global.context.open()
-        guard let (message, attempts, attachments) = try service.store.message(id: id) else {
-            throw MailrouteError.notFound("message \(id)")
+    func execute() async throws {
+        try await global.context.withService { service in
+            guard let (message, attempts, attachments) = try await service.store.message(id: id) else {
+                throw MailrouteError.notFound("message \(id)")
+            }
+            if global.context.json {
+                var view = MessageView(message)
+                view.attemptLog = attempts.map(AttemptView.init)
+                view.attachments = attachments.map(AttachmentView.init)
+                return try Output.json(view)
+            }
+            Output.fields([
+                ("message", "\(id)"), ("status", message.status.rawValue), ("tenant", message.tenant ?? "- (platform)"),
+                ("category", message.category), ("priority", message.priority.map(String.init) ?? "category default"),
+                ("to", StoredJSON.list(message.rcptTo)?.joined(separator: ", ") ?? "-"), ("subject", message.subject), ("route", message.route?.rawValue ?? "-"),
+                ("tries", "\(message.attempts)"), ("next try", formatTime(message.nextAttemptAt)),
+                ("expires", formatTime(message.expiresAt)), ("last error", message.lastErrorKind.map { "\($0): \(message.lastError ?? "")" } ?? "-"),
+                ("server reply", message.smtpResponse ?? "-"), ("message-id", message.messageIdHeader ?? "-"),
+                ("created", formatTime(message.createdAt)), ("sent", formatTime(message.sentAt)),
+                ("attachments", attachments.isEmpty ? "-" : attachments.map(\.filename).joined(separator: ", ")),
+            ])
+            guard !attempts.isEmpty else { return }
+            print("")
+            Output.table(
+                ["#", "TIME", "CONFIG", "ROUTE", "SERVER", "OUTCOME", "KIND", "CODE", "DURATION", "RESPONSE"],
+                attempts.map { a in
+                    [
+                        "\(a.attempt)", formatTime(a.at), a.configLabel ?? "-", a.route?.rawValue ?? "-", a.server ?? "-",
+                        a.outcome.rawValue, a.errorKind ?? "-", a.smtpCode.map(String.init) ?? "-",
+                        a.durationS.map { String(format: "%.2fs", $0) } ?? "-", a.response ?? "-",
+                    ]
+                })
         }
-        if global.context.json {
-            var view = MessageView(message)
-            view.attemptLog = attempts.map(AttemptView.init)
-            view.attachments = attachments.map(AttachmentView.init)
-            return try Output.json(view)
-        }
-        Output.fields([
-            ("message", "\(id)"), ("status", message.status.rawValue), ("tenant", message.tenant ?? "- (platform)"),
-            ("category", message.category), ("priority", message.priority.map(String.init) ?? "category default"),
-            ("to", StoredJSON.list(message.rcptTo)?.joined(separator: ", ") ?? "-"), ("subject", message.subject), ("route", message.route?.rawValue ?? "-"),
-            ("tries", "\(message.attempts)"), ("next try", formatTime(message.nextAttemptAt)),
-            ("expires", formatTime(message.expiresAt)), ("last error", message.lastErrorKind.map { "\($0): \(message.lastError ?? "")" } ?? "-"),
-            ("server reply", message.smtpResponse ?? "-"), ("message-id", message.messageIdHeader ?? "-"),
-            ("created", formatTime(message.createdAt)), ("sent", formatTime(message.sentAt)),
-            ("attachments", attachments.isEmpty ? "-" : attachments.map(\.filename).joined(separator: ", ")),
-        ])
-        guard !attempts.isEmpty else { return }
-        print("")
-        Output.table(
-            ["#", "TIME", "CONFIG", "ROUTE", "SERVER", "OUTCOME", "KIND", "CODE", "DURATION", "RESPONSE"],
-            attempts.map { a in
-                [
-                    "\(a.attempt)", formatTime(a.at), a.configLabel ?? "-", a.route?.rawValue ?? "-", a.server ?? "-",
-                    a.outcome.rawValue, a.errorKind ?? "-", a.smtpCode.map(String.init) ?? "-",
-                    a.durationS.map { String(format: "%.2fs", $0) } ?? "-", a.response ?? "-",
-                ]
-            })
     }
 }
 
@@ -162,14 +165,15 @@ struct QueueRetry: CtlCommand {
         if (id == nil) == !failed { throw ValidationError("give a message id or --failed") }
     }
 
-    func execute() throws {
-        let service = try global.context.open()
-        let count = try service.store.retry(ids: id.map { [$0] }, onlyFailed: failed)
-        if let id, count == 0 {
-            throw MailrouteError.conflict("message \(id) does not exist or is not failed, expired, cancelled or deferred")
+    func execute() async throws {
+        try await global.context.withService { service in
+            let count = try await service.store.retry(ids: id.map { [$0] }, onlyFailed: failed)
+            if let id, count == 0 {
+                throw MailrouteError.conflict("message \(id) does not exist or is not failed, expired, cancelled or deferred")
+            }
+            if global.context.json { return try Output.object(["requeued": count]) }
+            print("requeued \(count) message(s)")
         }
-        if global.context.json { return try Output.object(["requeued": count]) }
-        print("requeued \(count) message(s)")
     }
 }
 
@@ -178,13 +182,14 @@ struct QueueCancel: CtlCommand {
     @OptionGroup var global: GlobalOptions
     @Argument(help: "Message id.") var id: Int64
 
-    func execute() throws {
-        let service = try global.context.open()
-        guard try service.store.cancel(id: id) else {
-            throw MailrouteError.conflict("message \(id) does not exist or is no longer queued or deferred")
+    func execute() async throws {
+        try await global.context.withService { service in
+            guard try await service.store.cancel(id: id) else {
+                throw MailrouteError.conflict("message \(id) does not exist or is no longer queued or deferred")
+            }
+            if global.context.json { return try Output.object(["cancelled": id]) }
+            print("cancelled message \(id)")
         }
-        if global.context.json { return try Output.object(["cancelled": id]) }
-        print("cancelled message \(id)")
     }
 }
 
@@ -192,15 +197,16 @@ struct QueueStats: CtlCommand {
     static let configuration = CommandConfiguration(commandName: "stats", abstract: "Messages per status.")
     @OptionGroup var global: GlobalOptions
 
-    func execute() throws {
-        let service = try global.context.open()
-        let c = try service.store.counts()
-        if global.context.json { return try Output.json(c) }
-        Output.fields([
-            ("queued", "\(c.queued)"), ("sending", "\(c.sending)"), ("deferred", "\(c.deferred)"), ("sent", "\(c.sent)"),
-            ("failed", "\(c.failed)"), ("expired", "\(c.expired)"), ("cancelled", "\(c.cancelled)"),
-            ("sent last minute", "\(c.sentLastMinute)"),
-        ])
+    func execute() async throws {
+        try await global.context.withService { service in
+            let c = try await service.store.counts(now: QueueStore.now())
+            if global.context.json { return try Output.json(c) }
+            Output.fields([
+                ("queued", "\(c.queued)"), ("sending", "\(c.sending)"), ("deferred", "\(c.deferred)"), ("sent", "\(c.sent)"),
+                ("failed", "\(c.failed)"), ("expired", "\(c.expired)"), ("cancelled", "\(c.cancelled)"),
+                ("sent last minute", "\(c.sentLastMinute)"),
+            ])
+        }
     }
 }
 

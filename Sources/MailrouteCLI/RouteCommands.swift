@@ -33,12 +33,13 @@ struct RouteSet: CtlCommand {
     @OptionGroup var keys: RouteKeyOptions
     @Option(help: "Name of the tenant's configuration.") var config: String
 
-    func execute() throws {
-        let service = try global.context.open()
-        let (kind, key) = keys.key
-        let route = try service.setRoute(tenant: tenant, kind: kind, key: key, configName: config)
-        if global.context.json { return try Output.json(RouteView(tenant: route.tenant, kind: kind.rawValue, key: route.key, config: "\(tenant)/\(config)")) }
-        print("\(tenant) \(kind.rawValue) \(route.key) -> \(tenant)/\(config)")
+    func execute() async throws {
+        try await global.context.withService { service in
+            let (kind, key) = keys.key
+            let route = try await service.setRoute(tenant: tenant, kind: kind, key: key, configName: config)
+            if global.context.json { return try Output.json(RouteView(tenant: route.tenant, kind: kind.rawValue, key: route.key, config: "\(tenant)/\(config)")) }
+            print("\(tenant) \(kind.rawValue) \(route.key) -> \(tenant)/\(config)")
+        }
     }
 }
 
@@ -47,16 +48,17 @@ struct RouteList: CtlCommand {
     @OptionGroup var global: GlobalOptions
     @Option(help: "Only this tenant's.") var tenant: String?
 
-    func execute() throws {
-        let service = try global.context.open()
-        let table = try service.store.routingTable(tenant: tenant)
-        let views = try service.store.routes(tenant: tenant).map { route in
-            RouteView(
-                tenant: route.tenant, kind: route.kind.rawValue, key: route.key,
-                config: table.configs[route.configId].map(\.label) ?? "?")
+    func execute() async throws {
+        try await global.context.withService { service in
+            let table = try await service.store.routingTable(tenant: tenant)
+            let views = try await service.store.routes(tenant: tenant).map { route in
+                RouteView(
+                    tenant: route.tenant, kind: route.kind.rawValue, key: route.key,
+                    config: table.configs[route.configId].map(\.label) ?? "?")
+            }
+            if global.context.json { return try Output.json(views) }
+            Output.table(["TENANT", "KIND", "KEY", "CONFIG"], views.map { [$0.tenant, $0.kind, $0.key, $0.config] })
         }
-        if global.context.json { return try Output.json(views) }
-        Output.table(["TENANT", "KIND", "KEY", "CONFIG"], views.map { [$0.tenant, $0.kind, $0.key, $0.config] })
     }
 }
 
@@ -66,12 +68,13 @@ struct RouteRemove: CtlCommand {
     @Option(help: "The tenant.") var tenant: String
     @OptionGroup var keys: RouteKeyOptions
 
-    func execute() throws {
-        let service = try global.context.open()
-        let (kind, key) = keys.key
-        try service.removeRoute(tenant: tenant, kind: kind, key: key)
-        if global.context.json { return try Output.object(["removed": ["tenant": tenant, "kind": kind.rawValue, "key": key]]) }
-        print("removed \(tenant) \(kind.rawValue) \(key)")
+    func execute() async throws {
+        try await global.context.withService { service in
+            let (kind, key) = keys.key
+            try await service.removeRoute(tenant: tenant, kind: kind, key: key)
+            if global.context.json { return try Output.object(["removed": ["tenant": tenant, "kind": kind.rawValue, "key": key]]) }
+            print("removed \(tenant) \(kind.rawValue) \(key)")
+        }
     }
 }
 
@@ -84,32 +87,33 @@ struct RouteResolve: CtlCommand {
     @Option(help: "Whitelabel domain.") var cname: String?
     @Option(help: "Message category.") var category: String?
 
-    func execute() throws {
-        let service = try global.context.open()
-        let resolution = try service.resolve(
-            RoutingKeys(tenant: tenant, advertiser: advertiser, cname: cname, category: category))
-        let platform = service.settings.platform
-        let config = resolution.config
-        let view = ResolutionView(
-            tenant: tenant, route: resolution.step.rawValue, config: config?.label,
-            server: config.map { "\($0.host):\($0.port)" } ?? "\(platform.host):\(platform.port)",
-            fromAddress: config?.fromAddress ?? platform.fromAddress,
-            authorizedDomains: config?.authorizedDomainList, authorizedSenders: config?.authorizedSenderList,
-            trail: resolution.trail)
-        if global.context.json { return try Output.json(view) }
-        var fields = [
-            ("configuration", view.config ?? "platform relay"),
-            ("route", view.route),
-            ("server", view.server ?? "-"),
-            ("from", view.fromAddress ?? "-"),
-        ]
-        if let config {
-            fields.append(("status", config.status.rawValue + (config.errorKind.map { " (\($0.rawValue))" } ?? "")))
-            fields.append(("authorized domains", config.authorizedDomainList.isEmpty ? "(any)" : config.authorizedDomainList.joined(separator: "; ")))
-            fields.append(("authorized senders", config.authorizedSenderList.isEmpty ? "(any)" : config.authorizedSenderList.joined(separator: "; ")))
+    func execute() async throws {
+        try await global.context.withService { service in
+            let resolution = try await service.resolve(
+                RoutingKeys(tenant: tenant, advertiser: advertiser, cname: cname, category: category))
+            let platform = service.settings.platform
+            let config = resolution.config
+            let view = ResolutionView(
+                tenant: tenant, route: resolution.step.rawValue, config: config?.label,
+                server: config.map { "\($0.host):\($0.port)" } ?? "\(platform.host):\(platform.port)",
+                fromAddress: config?.fromAddress ?? platform.fromAddress,
+                authorizedDomains: config?.authorizedDomainList, authorizedSenders: config?.authorizedSenderList,
+                trail: resolution.trail)
+            if global.context.json { return try Output.json(view) }
+            var fields = [
+                ("configuration", view.config ?? "platform relay"),
+                ("route", view.route),
+                ("server", view.server ?? "-"),
+                ("from", view.fromAddress ?? "-"),
+            ]
+            if let config {
+                fields.append(("status", config.status.rawValue + (config.errorKind.map { " (\($0.rawValue))" } ?? "")))
+                fields.append(("authorized domains", config.authorizedDomainList.isEmpty ? "(any)" : config.authorizedDomainList.joined(separator: "; ")))
+                fields.append(("authorized senders", config.authorizedSenderList.isEmpty ? "(any)" : config.authorizedSenderList.joined(separator: "; ")))
+            }
+            Output.fields(fields)
+            print("why:")
+            for line in resolution.trail { print("  \(line)") }
         }
-        Output.fields(fields)
-        print("why:")
-        for line in resolution.trail { print("  \(line)") }
     }
 }

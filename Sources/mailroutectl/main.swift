@@ -1,3 +1,3 @@
 import MailrouteCLI
 
-MailrouteCtl.main(arguments: Array(CommandLine.arguments.dropFirst()))
+await MailrouteCtl.main(arguments: Array(CommandLine.arguments.dropFirst()))

@@ -140,11 +140,11 @@ import Testing
         #expect(try env.addConfig(tenant: "globex", name: "main", port: 2525).status == 0)
     }
 
-    @Test func editingConnectionSettingsResetsTheStatus() throws {
+    @Test func editingConnectionSettingsResetsTheStatus() async throws {
         try env.addConfig(name: "main", port: 2525)
         let store = try env.store()
         let record = try #require(try store.config(tenant: "acme", name: "main"))
-        try store.recordConfigStatus(id: record.id!, settingsVersion: record.settingsVersion, status: .verified, errorKind: nil, errorText: nil)
+        try await store.recordConfigStatus(id: record.id!, settingsVersion: record.settingsVersion, status: .verified, errorKind: nil, errorText: nil)
         #expect(try config("acme/main")["status"] as? String == "verified")
 
         // Sender identity and policy are not connection settings.
@@ -153,26 +153,26 @@ import Testing
         #expect(try config("acme/main")["fallback"] as? String == "none")
 
         for change in [["--port", "2600"], ["--host", "other.test"], ["--security", "tls"], ["--username", "bob"]] {
-            try store.recordConfigStatus(
+            try await store.recordConfigStatus(
                 id: record.id!, settingsVersion: try store.config(id: record.id!)!.settingsVersion, status: .verified,
                 errorKind: nil, errorText: nil)
             #expect(try env.ctl(["config", "edit", "acme/main"] + change).status == 0)
             #expect(try config("acme/main")["status"] as? String == "not_verified", "\(change) resets the status")
         }
         // A new password too.
-        try store.recordConfigStatus(
+        try await store.recordConfigStatus(
             id: record.id!, settingsVersion: try store.config(id: record.id!)!.settingsVersion, status: .verified,
             errorKind: nil, errorText: nil)
         #expect(try env.ctl(["config", "edit", "acme/main", "--password-stdin"], stdin: "new-pass\n").status == 0)
         #expect(try config("acme/main")["status"] as? String == "not_verified")
     }
 
-    @Test func aResultAboutOldSettingsIsNotRecorded() throws {
+    @Test func aResultAboutOldSettingsIsNotRecorded() async throws {
         try env.addConfig(name: "main", port: 2525)
         let store = try env.store()
         let before = try #require(try store.config(tenant: "acme", name: "main"))
         try env.ctl("config", "edit", "acme/main", "--port", "2600")
-        let recorded = try store.recordConfigStatus(
+        let recorded = try await store.recordConfigStatus(
             id: before.id!, settingsVersion: before.settingsVersion, status: .verified, errorKind: nil, errorText: nil)
         #expect(!recorded)
         #expect(try config("acme/main")["status"] as? String == "not_verified")

@@ -182,14 +182,14 @@ import Testing
         #expect(try daemon.attempts(id).count >= 1)
     }
 
-    @Test func aDownConfigurationComesBackAfterASuccessfulProbe() throws {
+    @Test func aDownConfigurationComesBackAfterASuccessfulProbe() async throws {
         let env = try CtlEnvironment(platformPort: closedPort(), delivery: ["cooldown_s = 1", "retry_initial_s = 1", "retry_max_s = 1"])
         let server = try SMTPTestServer()
         // Down: the configuration points at a closed port, then is fixed without a verify.
         try env.addConfig(name: "main", port: server.port, extra: ["--fallback", "none"])
         let store = try env.store()
         let config = try #require(try store.config(tenant: "acme", name: "main"))
-        try store.recordConfigStatus(id: config.id!, settingsVersion: config.settingsVersion, status: .error, errorKind: .connectionFailed, errorText: "was down")
+        try await store.recordConfigStatus(id: config.id!, settingsVersion: config.settingsVersion, status: .error, errorKind: .connectionFailed, errorText: "was down")
         let daemon = DaemonProcess(env: env)
         try daemon.start()
         let id = try daemon.enqueue()

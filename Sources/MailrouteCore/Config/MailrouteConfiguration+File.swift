@@ -61,11 +61,19 @@ extension MailrouteConfiguration {
         let paths = PathResolver(base: baseDirectory)
 
         if var t = try file.table("queue") {
+            try t.read("backend", into: &queue.backend, oneOf)
             try t.read("path", into: &queue.path, paths.resolve)
+            try t.read("url", into: &queue.url)
+            try t.read("password_file", into: &queue.passwordFile, paths.resolve)
+            try t.read("max_db_connections", into: &queue.maxDatabaseConnections, within(1...100))
             try t.read("poll_interval_s", into: &queue.pollIntervalSeconds, positive)
             try t.read("lease_s", into: &queue.leaseSeconds, positive)
             try t.read("retention_days", into: &queue.retentionDays, atLeast(0))
             try t.finish()
+            if queue.backend == .postgres {
+                // Parsed here so a typo stops the program at start, naming the key.
+                _ = try PostgresURL(queue.url)
+            }
         }
         if var t = try file.table("delivery") {
             try t.read("helo_name", into: &delivery.heloName)

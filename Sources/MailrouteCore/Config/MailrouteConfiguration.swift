@@ -15,8 +15,21 @@ public struct MailrouteConfiguration: Sendable, Equatable {
     public init() {}
 
     public struct Queue: Sendable, Equatable {
+        public enum Backend: String, Sendable, Equatable, CaseIterable {
+            /// One host, no server to run: the embedded default.
+            case sqlite
+            /// Several daemons on several hosts share one queue (SPEC §8).
+            case postgres
+        }
+        public var backend = Backend.sqlite
         /// The SQLite queue database.
         public var path = "/var/lib/mailroute/queue.db"
+        /// PostgreSQL: `postgres://user@host:port/database`, without a password.
+        public var url = ""
+        /// PostgreSQL: the file holding the password (or the systemd credential `mailroute.pgpass`).
+        public var passwordFile = ""
+        /// PostgreSQL: connections each program opens at most.
+        public var maxDatabaseConnections = 8
         /// Upper bound between two looks at the queue when nothing signals a change. New rows
         /// are noticed through SQLite's data_version within about 50 ms regardless.
         public var pollIntervalSeconds = 1.0

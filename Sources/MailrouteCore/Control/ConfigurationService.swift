@@ -3,67 +3,70 @@ import Foundation
 /// The operations behind `mailroutectl config` and `route`: SPEC §2's rules on top of the store.
 public struct ConfigurationService: Sendable {
     public let settings: MailrouteConfiguration
-    public let store: QueueStore
+    public let store: any QueueBackend
     private let environment: [String: String]
 
-    public init(settings: MailrouteConfiguration, store: QueueStore, environment: [String: String] = ProcessInfo.processInfo.environment) {
+    public init(settings: MailrouteConfiguration, store: any QueueBackend, environment: [String: String] = ProcessInfo.processInfo.environment) {
         self.settings = settings
         self.store = store
         self.environment = environment
     }
 
-    func secretBox() throws -> SecretBox {
+    func secretBox() async throws -> SecretBox {
         do {
             return try KeyFile.load(configured: settings.secrets.keyFile, environment: environment)
         } catch SecretError.noKey(let searched, _) {
-            throw SecretError.noKey(searched: searched, sealedPasswords: try store.sealedPasswordCount())
+            throw SecretError.noKey(searched: searched, sealedPasswords: try await store.sealedPasswordCount())
         }
     }
 
     // MARK: - Configurations
 
-    public func add(tenant: String, input: SMTPConfigInput) throws -> SMTPConfigRecord {
+    public func add(tenant: String, input: SMTPConfigInput) async throws -> SMTPConfigRecord {
         let tenant = try Validate.identifier(tenant, field: "--tenant")
         guard let name = input.name else { throw MailrouteError.invalid(field: "--name", reason: "is required") }
         guard let host = input.host else { throw MailrouteError.invalid(field: "--host", reason: "is required") }
         guard let from = input.fromAddress else { throw MailrouteError.invalid(field: "--from-address", reason: "is required") }
         var record = SMTPConfigRecord(tenant: tenant, name: name, host: host, fromAddress: from)
-        try input.apply(to: &record, seal: { try secretBox().seal($0) })
-        return try store.insertConfig(record)
+        let box = input.password?.isEmpty == false ? try await secretBox() : nil
+        try input.apply(to: &record, seal: { try box!.seal($0) })
+        return try await store.insertConfig(record)
     }
 
-    public func edit(_ ref: ConfigRef, input: SMTPConfigInput) throws -> SMTPConfigRecord {
-        var record = try existing(ref)
-        try input.apply(to: &record, seal: { try secretBox().seal($0) })
-        return try store.updateConfig(record)
+    public func edit(_ ref: ConfigRef, input: SMTPConfigInput) async throws -> SMTPConfigRecord {
+        var record = try await existing(ref)
+        let box = input.password?.isEmpty == false ? try await secretBox() : nil
+        try input.apply(to: &record, seal: { try box!.seal($0) })
+        return try await store.updateConfig(record)
     }
 
-    public func existing(_ ref: ConfigRef) throws -> SMTPConfigRecord {
-        guard let record = try store.config(tenant: ref.tenant, name: ref.name) else {
+    public func existing(_ ref: ConfigRef) async throws -> SMTPConfigRecord {
+        guard let record = try await store.config(tenant: ref.tenant, name: ref.name) else {
             throw MailrouteError.notFound("configuration \(ref)")
         }
         return record
     }
 
     /// The endpoint libcurl connects to, with the password opened for this use only.
-    public func endpoint(for record: SMTPConfigRecord) throws -> SMTPEndpoint {
-        let password = try record.passwordSealed.map { try secretBox().open($0) }
+    public func endpoint(for record: SMTPConfigRecord) async throws -> SMTPEndpoint {
+        let box = record.passwordSealed == nil ? nil : try await secretBox()
+        let password = try record.passwordSealed.map { try box!.open($0) }
         return SMTPEndpoint(config: record, password: password, delivery: settings.delivery)
     }
 
     /// Logs in and QUITs, sending nothing; records the result as the configuration's status.
-    public func verify(_ ref: ConfigRef) throws -> VerificationResult {
-        let record = try existing(ref)
-        let endpoint = try endpoint(for: record)
+    public func verify(_ ref: ConfigRef) async throws -> VerificationResult {
+        let record = try await existing(ref)
+        let endpoint = try await endpoint(for: record)
         let result = SMTPConnection(endpoint: endpoint).verify()
-        return try recordOutcome(result.map { _ in nil }, for: record)
+        return try await recordOutcome(result.map { _ in nil }, for: record)
     }
 
     /// Sends a short real message to `recipient` and records the outcome as the status.
-    public func test(_ ref: ConfigRef, to recipient: String) throws -> VerificationResult {
-        let record = try existing(ref)
+    public func test(_ ref: ConfigRef, to recipient: String) async throws -> VerificationResult {
+        let record = try await existing(ref)
         let to = try EmailAddress(parsing: recipient)
-        let endpoint = try endpoint(for: record)
+        let endpoint = try await endpoint(for: record)
         var message = OutgoingMessage(
             from: try EmailAddress(address: record.fromAddress, displayName: record.fromName),
             to: [to],
@@ -94,18 +97,18 @@ public struct ConfigurationService: Sendable {
         case .verified, .notStarted:
             result = .failure(DeliveryError(kind: .unknown, text: "the test message was not sent", isTemporary: true))
         }
-        var outcome = try recordOutcome(result, for: record)
+        var outcome = try await recordOutcome(result, for: record)
         outcome.signedWith = keys.map(\.label)
         return outcome
     }
 
-    private func recordOutcome(_ result: Result<String?, DeliveryError>, for record: SMTPConfigRecord) throws -> VerificationResult {
+    private func recordOutcome(_ result: Result<String?, DeliveryError>, for record: SMTPConfigRecord) async throws -> VerificationResult {
         switch result {
         case .success(let reply):
-            try store.recordConfigStatus(id: record.id!, settingsVersion: record.settingsVersion, status: .verified, errorKind: nil, errorText: nil)
+            try await store.recordConfigStatus(id: record.id!, settingsVersion: record.settingsVersion, status: .verified, errorKind: nil, errorText: nil, firstProbeAt: nil)
             return VerificationResult(config: record.label, server: "\(record.host):\(record.port)", error: nil, finalReply: reply)
         case .failure(let error):
-            try store.recordConfigStatus(
+            try await store.recordConfigStatus(
                 id: record.id!, settingsVersion: record.settingsVersion, status: .error, errorKind: error.configErrorKind,
                 errorText: error.text,
                 firstProbeAt: ConfigHealth(breakerTimeouts: settings.delivery.breakerTimeouts, cooldownSeconds: settings.delivery.cooldownSeconds)
@@ -116,21 +119,21 @@ public struct ConfigurationService: Sendable {
 
     // MARK: - Routes
 
-    public func setRoute(tenant: String, kind: RouteKind, key: String, configName: String) throws -> RouteRecord {
+    public func setRoute(tenant: String, kind: RouteKind, key: String, configName: String) async throws -> RouteRecord {
         let tenant = try Validate.identifier(tenant, field: "--tenant")
         let key = try Validate.routeKey(key, kind: kind)
-        return try store.setRoute(tenant: tenant, kind: kind, key: key, configName: configName)
+        return try await store.setRoute(tenant: tenant, kind: kind, key: key, configName: configName)
     }
 
-    public func removeRoute(tenant: String, kind: RouteKind, key: String) throws {
+    public func removeRoute(tenant: String, kind: RouteKind, key: String) async throws {
         let key = try Validate.routeKey(key, kind: kind)
-        try store.removeRoute(tenant: tenant, kind: kind, key: key)
+        try await store.removeRoute(tenant: tenant, kind: kind, key: key)
     }
 
-    public func resolve(_ keys: RoutingKeys) throws -> RouteResolution {
+    public func resolve(_ keys: RoutingKeys) async throws -> RouteResolution {
         var keys = keys
         if let cname = keys.cname { keys.cname = try Validate.routeKey(cname, kind: .cname) }
-        let table = try store.routingTable(tenant: keys.tenant)
+        let table = try await store.routingTable(tenant: keys.tenant)
         return Router.resolve(keys, in: table)
     }
 }

@@ -15,9 +15,12 @@ public struct MailrouteDaemon: Sendable {
     }
 
     public func run() async throws {
-        let store = try QueueStore(path: settings.queue.path)
-        let migrations = try store.appliedMigrations()
-        let configs = try store.configs()
+        try await QueueBackends.with(settings.queue, logger: logger) { store in try await run(store) }
+    }
+
+    private func run(_ store: any QueueBackend) async throws {
+        let migrations = try await store.appliedMigrations()
+        let configs = try await store.configs()
         let secrets: SecretBox?
         do {
             secrets = try KeyFile.load(configured: settings.secrets.keyFile)
@@ -38,7 +41,8 @@ public struct MailrouteDaemon: Sendable {
             "started",
             metadata: [
                 "config_file": "\(configPath)",
-                "database": "\(store.path)",
+                "database": "\(store.location)",
+                "backend": "\(settings.queue.backend.rawValue)",
                 "schema": "\(migrations.last ?? "none")",
                 "configurations": "\(configs.count)",
                 "tenants": "\(Set(configs.map(\.tenant)).count)",

@@ -170,12 +170,14 @@ final class StopFlag: @unchecked Sendable {
 
 /// Wakes the dispatcher's loop early, when a delivery finishes and a pool has room again.
 /// (Not an AsyncStream: cancelling a task that waits on one finishes the stream for good.)
-final class Doorbell: @unchecked Sendable {
+public final class Doorbell: @unchecked Sendable {
     private let lock = NSLock()
     private var rung = false
     private var waiter: CheckedContinuation<Void, Never>?
 
-    func ring() {
+    public init() {}
+
+    public func ring() {
         lock.lock()
         if let waiter {
             self.waiter = nil
@@ -189,7 +191,7 @@ final class Doorbell: @unchecked Sendable {
 
     /// Returns at the first ring (or one that came since the last wait), or after `timeout`.
     /// The timer is a child task, so it runs wherever the loop runs and ends with the wait.
-    func wait(timeout: Duration) async {
+    public func wait(timeout: Duration) async {
         await withTaskGroup(of: Void.self) { group in
             group.addTask {
                 // Cancelled when a ring came first; otherwise its own ring ends the wait.
@@ -214,4 +216,23 @@ final class Doorbell: @unchecked Sendable {
             }
         }
     }
+}
+
+/// SQLite's wake-ups: `data_version` says whether anyone committed, inotify on the WAL rings
+/// the doorbell when someone does (`WALWatcher`).
+final class SQLiteWakeups: QueueWakeups, @unchecked Sendable {
+    // One caller (the dispatcher's loop) asks `changed()`; the lock is for the type checker.
+    private let watcher: Locked<ChangeWatcher>
+    private let wal: WALWatcher?
+
+    init(path: String, doorbell: Doorbell) throws {
+        watcher = Locked(try ChangeWatcher(path: path))
+        wal = WALWatcher(databasePath: path, doorbell: doorbell)
+    }
+
+    func changed() -> Bool { watcher.withLock { $0.changed() } }
+    func setQuiet(_ quiet: Bool) { wal?.setQuiet(quiet) }
+    func cancel() { wal?.cancel() }
+    /// The WAL watcher has a thread of its own.
+    func run() async {}
 }

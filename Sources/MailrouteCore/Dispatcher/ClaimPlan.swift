@@ -45,6 +45,10 @@ public struct ClaimPlan: Sendable {
     /// Configurations this daemon has tripped that the committed routing may not show yet
     /// (id → settings version): treated as down.
     public var down: [Int64: Int] = [:]
+    /// On a shared queue, the configurations whose connections another daemon drives (filled
+    /// in by the store inside the claim): their rows are left to it, which is what keeps a
+    /// configuration's `max_connections` and `rate_per_minute` for the whole cluster.
+    public var foreign: Set<Int64> = []
     /// The category defaults (priority, TTL) that admission applies.
     public var categories: [String: MailrouteConfiguration.Category]
 
@@ -107,10 +111,10 @@ public struct ClaimPlan: Sendable {
         var isDone: Bool { taken >= plan.limit || skippedSinceTake >= 64 }
 
         mutating func take(_ resolution: RouteResolution) -> Bool {
-            var target = resolution.config?.id
-            if let config = resolution.config, DeliveryPolicy.isDown(config) || plan.isTripped(config) {
-                if config.fallback == .none { return took() }
-                target = nil
+            guard let target = plan.connectionTarget(resolution) else { return took() }
+            if let id = target, plan.foreign.contains(id) {
+                skippedSinceTake += 1
+                return false
             }
             let free = room[target] ?? plan.fresh(resolution.config, target: target)
             guard free > 0 else {
@@ -127,6 +131,17 @@ public struct ClaimPlan: Sendable {
             skippedSinceTake = 0
             return true
         }
+    }
+
+    /// Whose connection a message resolved so would use: its configuration's (`.some(id)`),
+    /// the relay's (`.some(nil)`: platform mail, or a configuration that is down), or none
+    /// (nil: down with `fallback = none`, taken only to be put back to wait).
+    public func connectionTarget(_ resolution: RouteResolution) -> Int64?? {
+        guard let config = resolution.config else { return .some(nil) }
+        if DeliveryPolicy.isDown(config) || isTripped(config) {
+            return config.fallback == .none ? nil : .some(nil)
+        }
+        return .some(config.id)
     }
 
     func isTripped(_ config: SMTPConfigRecord) -> Bool {

@@ -6,11 +6,13 @@ import ServiceLifecycle
 /// the claim), hands each to a `Delivery`, probes configurations that are down, and keeps
 /// systemd informed (SPEC §3, §4, §7).
 ///
-/// It never blocks a cooperative thread: SQLite work goes through GRDB's async API and
-/// SMTP through pools whose transport keeps the waiting off it (`CurlMultiTransport`: one engine thread).
+/// It never blocks a cooperative thread: the queue's work is async (GRDB's async API, or
+/// PostgreSQL over NIO) and SMTP goes through pools whose transport keeps the waiting off it
+/// (`CurlMultiTransport`: one engine thread). On a shared queue (SPEC §8) it also keeps its
+/// leases alive and drives only the configurations whose connections it holds.
 public actor Dispatcher: Service {
     private(set) var settings: MailrouteConfiguration
-    let store: QueueStore
+    let store: any QueueBackend
     let secrets: SecretBox?
     let logger: Logger
     let notifier: SystemdNotifier
@@ -33,9 +35,16 @@ public actor Dispatcher: Service {
     private let writer: OutcomeWriter
     private var lastPurge = 0.0
     private var lastStatus = 0.0
+    /// Shared queue: the last time this daemon's leases were renewed, and whether the
+    /// database has been unreachable since (said once in the log and in STATUS).
+    private var lastRenewal: Double
+    private var lostDatabaseSince: Double?
+    private var renewing = false
+    /// The last queue error logged, so a database that stays away is not logged every second.
+    private var lastCycleError: (text: String, at: Double)?
 
     public init(
-        settings: MailrouteConfiguration, store: QueueStore, secrets: SecretBox?, logger: Logger,
+        settings: MailrouteConfiguration, store: any QueueBackend, secrets: SecretBox?, logger: Logger,
         notifier: SystemdNotifier = SystemdNotifier(), transport: any SMTPTransport = CurlMultiTransport(),
         now: @escaping @Sendable () -> Double = { Date().timeIntervalSince1970 },
         random: @escaping @Sendable () -> Double = { Double.random(in: 0..<1) }
@@ -49,6 +58,7 @@ public actor Dispatcher: Service {
         self.pools = PoolRegistry(transport: transport)
         self.now = now
         self.random = random
+        self.lastRenewal = now()
         self.writer = OutcomeWriter(store: store)
         health = ConfigHealth(breakerTimeouts: settings.delivery.breakerTimeouts, cooldownSeconds: settings.delivery.cooldownSeconds)
         platformPassword = try Self.readPlatformPassword(settings)
@@ -94,7 +104,12 @@ public actor Dispatcher: Service {
     public func reload(_ new: MailrouteConfiguration) async throws {
         let password = try Self.readPlatformPassword(new)
         var next = new
+        // Where the queue lives stays as opened; its timings may change.
+        next.queue.backend = settings.queue.backend
         next.queue.path = settings.queue.path
+        next.queue.url = settings.queue.url
+        next.queue.passwordFile = settings.queue.passwordFile
+        next.queue.maxDatabaseConnections = settings.queue.maxDatabaseConnections
         settings = next
         platformPassword = password
         keyring = Self.loadKeyring(next, logger: logger)
@@ -108,16 +123,21 @@ public actor Dispatcher: Service {
     // MARK: - The loop
 
     public func run() async throws {
-        let watcher = try ChangeWatcher(path: store.path)
-        let wal = WALWatcher(databasePath: store.path, doorbell: doorbell)
-        defer { wal?.cancel() }
+        let wakeups = try store.wakeups(doorbell: doorbell)
+        defer { wakeups.cancel() }
         let stop = self.stop
         await withGracefulShutdownHandler {
-            await withDiscardingTaskGroup { group in
-                await self.loop(watcher: watcher, wal: wal, group: &group)
-                // Stop taking work: queued jobs come back as not started, sends in hand finish.
-                await self.closeAllPools()
+            await withTaskGroup(of: Void.self) { listener in
+                // Apart from the deliveries' group: it runs until cancelled, they until done.
+                listener.addTask { await wakeups.run() }
+                await withDiscardingTaskGroup { group in
+                    await self.loop(wakeups: wakeups, group: &group)
+                    // Stop taking work: queued jobs come back as not started, sends in hand finish.
+                    await self.closeAllPools()
+                }
+                listener.cancelAll()
             }
+            try? await self.store.releaseConnections(configIDs: nil)
         } onGracefulShutdown: { [doorbell, notifier] in
             // Tell systemd at once; the drain that follows is what TimeoutStopSec bounds.
             notifier.stopping()
@@ -131,7 +151,7 @@ public actor Dispatcher: Service {
     /// message per connection, a claim per finished send cost 7 % of the rate).
     static let claimSpacing = 0.001
 
-    private func loop(watcher: ChangeWatcher, wal: WALWatcher?, group: inout DiscardingTaskGroup) async {
+    private func loop(wakeups: any QueueWakeups, group: inout DiscardingTaskGroup) async {
         var lastCycle = 0.0
         var nextDue: Double? = nil
         var lastExpiry = 0.0
@@ -153,7 +173,7 @@ public actor Dispatcher: Service {
             // at least `claimSpacing` since the last, so one transaction claims several messages
             // instead of one per finished send; due rows still waiting for admission do not wait
             // for room.
-            let changed = watcher.changed()
+            let changed = wakeups.changed()
             let due = changed || t >= (nextDue ?? .infinity) || t - lastCycle >= settings.queue.pollIntervalSeconds
             let spaced = t - lastCycle >= Self.claimSpacing
             if due && (!draining || admitting || (spaced && pools.wantsWork()) || t - lastCycle >= settings.queue.pollIntervalSeconds) {
@@ -181,9 +201,9 @@ public actor Dispatcher: Service {
                     }
                 } catch {
                     (draining, admitting) = (false, false)
-                    logger.error("queue cycle failed", metadata: ["error": "\(error)"])
+                    cycleFailed(error, now: t)
                 }
-                wal?.setQuiet(draining)
+                wakeups.setQuiet(draining)
             }
             if t - lastHousekeeping >= 1 {
                 lastHousekeeping = t
@@ -200,6 +220,15 @@ public actor Dispatcher: Service {
             if let pingInterval { wait = min(wait, pingInterval) }
             await doorbell.wait(timeout: .milliseconds(Int(wait * 1000)))
         }
+    }
+
+    /// Logged when the error changes, or once a minute while it stays: a database that is
+    /// away for an hour must not write 3,600 lines.
+    private func cycleFailed(_ error: Error, now t: Double) {
+        let text = "\(error)"
+        if let last = lastCycleError, last.text == text, t - last.at < 60 { return }
+        lastCycleError = (text, t)
+        logger.error("queue cycle failed; retrying", metadata: ["error": "\(text)"])
     }
 
     /// The configurations as committed (the store re-reads them only after a change), and
@@ -278,7 +307,7 @@ public actor Dispatcher: Service {
 
     func finish(_ claimed: ClaimedMessage, _ outcome: DeliveryOutcome) async {
         do {
-            try await writer.write(id: claimed.id, outcome: outcome)
+            try await writer.write(claimed, outcome: outcome)
         } catch {
             // The lease runs out and the row is retried: at-least-once holds.
             logger.error("could not record a delivery", metadata: [LogKey.id: "\(claimed.id)", "error": "\(error)"])
@@ -288,7 +317,7 @@ public actor Dispatcher: Service {
     }
 
     func release(_ claimed: ClaimedMessage) async {
-        try? await store.releaseLeases(ids: [claimed.id])
+        try? await store.releaseLeases([claimed])
     }
 
     // MARK: - Configuration status
@@ -328,11 +357,21 @@ public actor Dispatcher: Service {
                 health.probeFinished(config, succeeded: false)
                 continue
             }
+            // A probe holds its right for at most this long; a daemon that dies mid-probe
+            // leaves it to another after that.
+            let until = t + settings.delivery.connectTimeoutSeconds + settings.delivery.commandTimeoutSeconds
+            let store = self.store
             group.addTask {
+                // Several daemons see the same schedule; the one whose claim lands probes.
+                guard (try? await store.claimProbe(id: config.id!, settingsVersion: config.settingsVersion, now: t, until: until)) == true else {
+                    await self.probeSkipped(config)
+                    return
+                }
                 let result = await pool.perform(.verify)
                 await self.probeFinished(config, result)
             }
         }
+        if store.isShared { shareTheQueue(now: t, group: &group) }
         if t - lastPurge >= 600 {
             lastPurge = t
             if settings.queue.retentionDays > 0 {
@@ -349,11 +388,82 @@ public actor Dispatcher: Service {
             lastStatus = t
             let store = self.store, notifier = self.notifier
             let inError = routing.configs.values.filter { $0.status == .error }.count
+            let lost = lostDatabaseSince.map { Int(t - $0) }
             group.addTask {
-                if let counts = try? await store.countsAsync(now: t) {
+                if let counts = try? await store.counts(now: t) {
                     notifier.status("queued \(counts.queued), deferred \(counts.deferred), sending \(counts.sending), sent last minute \(counts.sentLastMinute), configurations in error \(inError)")
+                } else if let lost {
+                    notifier.status("database unreachable for \(lost) s; retrying")
                 }
             }
+        }
+    }
+
+    private func probeSkipped(_ config: SMTPConfigRecord) {
+        health.probeFinished(config, succeeded: false)
+    }
+
+    // MARK: - A shared queue
+
+    /// How often leases are renewed; a lease lasts three times as long.
+    static let renewalSeconds = 5.0
+
+    /// On a queue several daemons share: renew this daemon's leases, give up configurations
+    /// whose pools have been idle (their connections closed first, so the cluster never holds
+    /// more than a configuration's `max_connections`), and, when the database has been out of
+    /// reach for most of a lease, close every pool: another daemon may take its configurations
+    /// over once the lease runs out.
+    private func shareTheQueue(now t: Double, group: inout DiscardingTaskGroup) {
+        for (id, pool) in pools.retireIdle(now: t, after: settings.delivery.idleTimeoutSeconds) {
+            group.addTask {
+                await pool.close()
+                await self.connectionsClosed(configID: id)
+            }
+        }
+        if t - lastRenewal >= Self.renewalSeconds && !renewing {
+            renewing = true
+            let store = self.store
+            let until = t + settings.queue.leaseSeconds
+            group.addTask {
+                do {
+                    try await store.renewLeases(now: t, until: until)
+                    await self.renewed(at: t)
+                } catch {
+                    await self.renewalFailed(at: t, error: error)
+                }
+            }
+        }
+    }
+
+    private func connectionsClosed(configID: Int64) async {
+        // A claim meanwhile may have made a new pool for it: then it stays ours.
+        guard !pools.hasPool(configID: configID) else { return }
+        try? await store.releaseConnections(configIDs: [configID])
+    }
+
+    private func renewed(at t: Double) {
+        renewing = false
+        lastRenewal = max(lastRenewal, t)
+        if let since = lostDatabaseSince {
+            lostDatabaseSince = nil
+            logger.notice("database reachable again", metadata: ["down_for": "\(Self.seconds(t - since))s"])
+        }
+    }
+
+    private func renewalFailed(at t: Double, error: Error) {
+        renewing = false
+        if lostDatabaseSince == nil {
+            lostDatabaseSince = t
+            logger.error("database unreachable; sends in hand go on, retrying", metadata: ["error": "\(error)"])
+            notifier.status("database unreachable; retrying")
+        }
+        // Two renewals missed: before the lease runs out, no connection of ours may remain.
+        if t - lastRenewal >= 2 * Self.renewalSeconds {
+            let closing = pools.retireAll()
+            if !closing.isEmpty {
+                logger.warning("closing every connection: this daemon's configurations may pass to another", metadata: ["pools": "\(closing.count)"])
+            }
+            retired += closing
         }
     }
 

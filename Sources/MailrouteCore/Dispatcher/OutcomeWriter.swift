@@ -2,29 +2,29 @@
 /// so a busy daemon pays one commit per batch instead of one per message. The first writer
 /// to find no commit under way makes it, in its own task, for everyone who joins meanwhile.
 actor OutcomeWriter {
-    private let store: QueueStore
-    private var pending: [(id: Int64, outcome: DeliveryOutcome, done: CheckedContinuation<Void, Error>?)] = []
+    private let store: any QueueBackend
+    private var pending: [(claim: ClaimedMessage, outcome: DeliveryOutcome, done: CheckedContinuation<Void, Error>?)] = []
     private var flushing = false
     /// The pause between commits while outcomes keep coming.
     static let gap = Duration.milliseconds(2)
 
-    init(store: QueueStore) {
+    init(store: any QueueBackend) {
         self.store = store
     }
 
-    func write(id: Int64, outcome: DeliveryOutcome) async throws {
+    func write(_ claim: ClaimedMessage, outcome: DeliveryOutcome) async throws {
         if flushing {
-            try await withCheckedThrowingContinuation { done in pending.append((id, outcome, done)) }
+            try await withCheckedThrowingContinuation { done in pending.append((claim, outcome, done)) }
             return
         }
         flushing = true
         defer { flushing = false }
-        var batch = [(id: id, outcome: outcome, done: CheckedContinuation<Void, Error>?.none)]
+        var batch = [(claim: claim, outcome: outcome, done: CheckedContinuation<Void, Error>?.none)]
         var own: Error?
         var first = true
         while !batch.isEmpty {
             do {
-                try await store.finish(batch.map { ($0.id, $0.outcome) })
+                try await store.finish(batch.map { ($0.claim, $0.outcome) })
                 for item in batch { item.done?.resume() }
             } catch {
                 if first { own = error }

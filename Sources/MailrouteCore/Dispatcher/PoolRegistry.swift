@@ -125,14 +125,43 @@ struct PoolRegistry {
         var retired: [any SMTPPool] = []
         for key in pools.keys {
             guard case .config(let id, let version) = key, matches(id, version), let pool = pools.removeValue(forKey: key) else { continue }
+            lastBusy[key] = nil
             retired.append(pool)
         }
         return retired
     }
 
+    /// When each configuration pool was last seen with work (`retireIdle`).
+    private var lastBusy: [Key: Double] = [:]
+
+    /// Takes out the configuration pools that have had no work for `after` seconds, with
+    /// their ids: on a shared queue the caller closes them and gives the configuration up, so
+    /// another daemon may drive its connections.
+    mutating func retireIdle(now: Double, after: Double) -> [(Int64, any SMTPPool)] {
+        var idle: [(Int64, any SMTPPool)] = []
+        for (key, pool) in pools {
+            guard case .config(let id, _) = key else { continue }
+            if pool.load > 0 || lastBusy[key] == nil {
+                lastBusy[key] = now
+            } else if now - lastBusy[key]! >= after {
+                pools[key] = nil
+                lastBusy[key] = nil
+                idle.append((id, pool))
+            }
+        }
+        return idle
+    }
+
+    func hasPool(configID: Int64) -> Bool {
+        pools.keys.contains { if case .config(configID, _) = $0 { true } else { false } }
+    }
+
     /// Takes out every pool (a reload, or shutdown); they are rebuilt on next use.
     mutating func retireAll() -> [any SMTPPool] {
-        defer { pools.removeAll() }
+        defer {
+            pools.removeAll()
+            lastBusy.removeAll()
+        }
         return Array(pools.values)
     }
 }

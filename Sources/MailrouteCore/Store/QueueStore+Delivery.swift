@@ -30,12 +30,16 @@ public final class ClaimedMessage: Sendable {
     /// Where it goes, resolved in the claim transaction against the routing as committed:
     /// the dispatcher never resolves again.
     public let resolution: RouteResolution
+    /// On a shared queue, what proves the claim is still this daemon's when its outcome is
+    /// written (a row whose lease ran out may have been claimed and sent by another).
+    public let claimToken: Int64?
     public var id: Int64 { message.id! }
 
-    public init(message: MessageRecord, attachments: [AttachmentRecord], resolution: RouteResolution) {
+    public init(message: MessageRecord, attachments: [AttachmentRecord], resolution: RouteResolution, claimToken: Int64? = nil) {
         self.message = message
         self.attachments = attachments
         self.resolution = resolution
+        self.claimToken = claimToken
     }
 }
 
@@ -233,13 +237,9 @@ extension QueueStore {
         }
     }
 
-    /// Writes how a try ended. A row the operator cancelled meanwhile stays cancelled unless it was sent.
-    public func finish(id: Int64, outcome: DeliveryOutcome) async throws {
-        try await finish([(id, outcome)])
-    }
-
-    /// Writes several outcomes in one transaction: one commit, however many messages.
-    public func finish(_ outcomes: [(id: Int64, outcome: DeliveryOutcome)]) async throws {
+    /// Writes several outcomes in one transaction: one commit, however many messages. A row
+    /// the operator cancelled meanwhile stays cancelled unless it was sent.
+    public func finish(_ outcomes: [(claim: ClaimedMessage, outcome: DeliveryOutcome)]) async throws {
         try await pool.write { db in
             let update = try db.cachedStatement(
                 sql: """
@@ -251,7 +251,8 @@ extension QueueStore {
                     WHERE id = :id AND (status = 'sending' OR :status = 'sent')
                     """)
             let insertAttempt = try db.cachedStatement(sql: AttemptRecord.insertSQL)
-            for (id, outcome) in outcomes {
+            for (claim, outcome) in outcomes {
+                let id = claim.id
                 for var attempt in outcome.attempts {
                     attempt.messageId = id
                     try insertAttempt.execute(arguments: attempt.insertArguments)
@@ -267,9 +268,9 @@ extension QueueStore {
     }
 
     /// Gives claimed-but-unstarted rows back, as a stopping daemon must.
-    public func releaseLeases(ids: [Int64]) async throws {
-        guard !ids.isEmpty else { return }
-        let list = ids.map(String.init).joined(separator: ",")
+    public func releaseLeases(_ claims: [ClaimedMessage]) async throws {
+        guard !claims.isEmpty else { return }
+        let list = claims.map { String($0.id) }.joined(separator: ",")
         try await pool.write { db in
             try db.execute(
                 sql: """
@@ -277,6 +278,14 @@ extension QueueStore {
                     WHERE status = 'sending' AND id IN (\(list))
                     """)
         }
+    }
+
+    /// One daemon per file: nobody else would take its rows while it lives.
+    public func renewLeases(now: Double, until: Double) async throws {}
+    public func releaseConnections(configIDs: [Int64]?) async throws {}
+
+    public func wakeups(doorbell: Doorbell) throws -> any QueueWakeups {
+        try SQLiteWakeups(path: path, doorbell: doorbell)
     }
 
     /// Deletes sent messages older than the retention, a batch at a time so enqueuers never wait long.
@@ -299,11 +308,7 @@ extension QueueStore {
 
     // MARK: - Operator views
 
-    public func counts(now: Double = QueueStore.now()) throws -> QueueCounts {
-        try pool.read { db in try Self.counts(db, now: now) }
-    }
-
-    public func countsAsync(now: Double) async throws -> QueueCounts {
+    public func counts(now: Double) async throws -> QueueCounts {
         try await pool.read { db in try Self.counts(db, now: now) }
     }
 

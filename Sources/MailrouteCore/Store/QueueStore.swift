@@ -4,7 +4,7 @@ import Synchronization
 
 /// The only type that speaks SQL. Both programs open the database through it, which
 /// runs the migrations, so either may be started first.
-public final class QueueStore: Sendable {
+public final class QueueStore: QueueBackend {
     public let pool: DatabasePool
     public let path: String
     /// The routing tables as of `routing_version`, re-read only when a commit changed them.
@@ -51,6 +51,11 @@ public final class QueueStore: Sendable {
             fchown(fd, owner.st_uid, owner.st_gid)
         }
     }
+
+    public var location: String { path }
+    /// One daemon per database file (SQLite's locks do not reach across hosts).
+    public var isShared: Bool { false }
+    public func shutdown() async {}
 
     /// Names of the migrations applied, oldest first.
     public func appliedMigrations() throws -> [String] {
@@ -204,25 +209,10 @@ public final class QueueStore: Sendable {
         }
     }
 
-    /// Records what a verify, test or delivery learnt about a configuration. Ignored when the
-    /// settings were edited meanwhile: the result is about settings that no longer exist.
-    /// Returns whether the status changed.
-    @discardableResult
     /// Records a verification's or delivery's verdict on a configuration, unless its connection
-    /// settings changed meanwhile. Going into `error` schedules the first probe at
-    /// `firstProbeAt`; staying in error keeps the schedule; leaving it clears the schedule.
-    public func recordConfigStatus(
-        id: Int64, settingsVersion: Int, status: ConfigStatus, errorKind: ConfigErrorKind?, errorText: String?,
-        firstProbeAt: Double? = nil
-    ) throws -> Bool {
-        try pool.write { db in
-            try Self.recordConfigStatus(
-                db, id: id, settingsVersion: settingsVersion, status: status, errorKind: errorKind, errorText: errorText,
-                firstProbeAt: firstProbeAt)
-        }
-    }
-
-    /// The same, without holding a thread while an enqueuer holds the write lock (for the daemon).
+    /// settings changed meanwhile (the result is about settings that no longer exist). Going
+    /// into `error` schedules the first probe at `firstProbeAt`; staying in error keeps the
+    /// schedule; leaving it clears the schedule. Returns whether the row changed.
     @discardableResult
     public func recordConfigStatus(
         id: Int64, settingsVersion: Int, status: ConfigStatus, errorKind: ConfigErrorKind?, errorText: String?,
@@ -267,6 +257,17 @@ public final class QueueStore: Sendable {
                     UPDATE smtp_configs SET probe_failures = probe_failures + 1, next_probe_at = ?, error_text = ?
                     WHERE id = ? AND settings_version = ? AND status = 'error'
                     """, arguments: [nextProbeAt, errorText, id, settingsVersion])
+        }
+    }
+
+    public func claimProbe(id: Int64, settingsVersion: Int, now: Double, until: Double) async throws -> Bool {
+        try await pool.write { db in
+            try db.execute(
+                sql: """
+                    UPDATE smtp_configs SET next_probe_at = ?
+                    WHERE id = ? AND settings_version = ? AND status = 'error' AND (next_probe_at IS NULL OR next_probe_at <= ?)
+                    """, arguments: [until, id, settingsVersion, now])
+            return db.changesCount > 0
         }
     }
 

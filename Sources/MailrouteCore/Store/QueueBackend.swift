@@ -1,0 +1,121 @@
+import Foundation
+import Logging
+
+/// The seam between the daemon (and `mailroutectl`) and where the queue lives: SQLite on one
+/// host (`QueueStore`), PostgreSQL for several daemons on many (`PostgresStore`, SPEC §8).
+/// Everything above it is the same code on either; each backend keeps its SQL to itself.
+///
+/// Every operation is async: PostgreSQL answers over the network. The SQLite store's
+/// operator-side methods are synchronous (one short local transaction each) and stand in for
+/// the async requirements as they are.
+public protocol QueueBackend: AnyObject, Sendable {
+    /// How logs and `migrate` name the queue: a path, or a URL (which never holds a password).
+    var location: String { get }
+    /// Several daemons may share this queue: connections and probes are coordinated through it.
+    var isShared: Bool { get }
+
+    func appliedMigrations() async throws -> [String]
+
+    // MARK: Configurations
+    func configs(tenant: String?) async throws -> [SMTPConfigRecord]
+    func config(tenant: String, name: String) async throws -> SMTPConfigRecord?
+    func config(id: Int64) async throws -> SMTPConfigRecord?
+    func sealedPasswordCount() async throws -> Int
+    func insertConfig(_ new: SMTPConfigRecord) async throws -> SMTPConfigRecord
+    func updateConfig(_ edited: SMTPConfigRecord) async throws -> SMTPConfigRecord
+    @discardableResult func deleteConfig(tenant: String, name: String) async throws -> Int
+    func setDefault(tenant: String, name: String) async throws
+    func setEnabled(tenant: String, name: String, enabled: Bool) async throws
+    @discardableResult func recordConfigStatus(
+        id: Int64, settingsVersion: Int, status: ConfigStatus, errorKind: ConfigErrorKind?, errorText: String?, firstProbeAt: Double?
+    ) async throws -> Bool
+    func recordProbeFailure(id: Int64, settingsVersion: Int, nextProbeAt: Double, errorText: String) async throws
+    /// Takes the right to probe a configuration that is down, due at `now`, by moving its next
+    /// probe to `until`: of several daemons, one wins and probes; the others see it is not due.
+    func claimProbe(id: Int64, settingsVersion: Int, now: Double, until: Double) async throws -> Bool
+
+    // MARK: Routes
+    func setRoute(tenant: String, kind: RouteKind, key: String, configName: String) async throws -> RouteRecord
+    func removeRoute(tenant: String, kind: RouteKind, key: String) async throws
+    func routes(tenant: String?) async throws -> [RouteRecord]
+    func routingTable(tenant: String?) async throws -> RoutingTable
+    /// The daemon's view of the routing: cheap when nothing changed.
+    func currentRouting() async throws -> RoutingTable
+
+    // MARK: The daemon's queue work
+    func hasWork(now: Double) async throws -> Bool
+    func nextDueTime() async throws -> Double?
+    func claimBatch(_ plan: ClaimPlan) async throws -> ClaimBatch
+    /// Writes outcomes; on a shared queue only while the claim is still the row's.
+    func finish(_ outcomes: [(claim: ClaimedMessage, outcome: DeliveryOutcome)]) async throws
+    func releaseLeases(_ claims: [ClaimedMessage]) async throws
+    /// Keeps this daemon's leases (its rows in hand, the configurations whose connections it
+    /// drives) alive until `until`. A no-op where one daemon owns the queue.
+    func renewLeases(now: Double, until: Double) async throws
+    /// Gives up driving these configurations' connections (nil: all): their pools are closed.
+    func releaseConnections(configIDs: [Int64]?) async throws
+    @discardableResult func purgeSent(before cutoff: Double, batch: Int) async throws -> Int
+    func counts(now: Double) async throws -> QueueCounts
+    /// Something that says when others committed (new rows, changed configurations).
+    func wakeups(doorbell: Doorbell) throws -> any QueueWakeups
+
+    // MARK: Operators
+    func messages(status: MessageStatus?, tenant: String?, limit: Int) async throws -> [MessageRecord]
+    func message(id: Int64) async throws -> (MessageRecord, [AttemptRecord], [AttachmentRecord])?
+    func enqueue(_ message: MessageRecord, attachments: [(filename: String, contentType: String, content: Data)]) async throws -> Int64
+    func retry(ids: [Int64]?, onlyFailed: Bool) async throws -> Int
+    func cancel(id: Int64) async throws -> Bool
+
+    /// Closes connections to the database (PostgreSQL); nothing to do for a file.
+    func shutdown() async
+}
+
+/// Tells the dispatcher that someone committed. `changed()` is asked once per loop turn.
+public protocol QueueWakeups: AnyObject, Sendable {
+    /// Whether anything was committed since the last call.
+    func changed() -> Bool
+    /// While draining the dispatcher looks at the queue anyway: no need to be woken.
+    func setQuiet(_ quiet: Bool)
+    func cancel()
+    /// What must run for the wake-ups to come (a listening connection), until cancelled.
+    func run() async
+}
+
+extension QueueBackend {
+    public func configs() async throws -> [SMTPConfigRecord] { try await configs(tenant: nil) }
+    public func routes() async throws -> [RouteRecord] { try await routes(tenant: nil) }
+    public func routingTable() async throws -> RoutingTable { try await routingTable(tenant: nil) }
+    public func purgeSent(before cutoff: Double) async throws -> Int { try await purgeSent(before: cutoff, batch: 500) }
+    @discardableResult
+    public func recordConfigStatus(
+        id: Int64, settingsVersion: Int, status: ConfigStatus, errorKind: ConfigErrorKind?, errorText: String?
+    ) async throws -> Bool {
+        try await recordConfigStatus(
+            id: id, settingsVersion: settingsVersion, status: status, errorKind: errorKind, errorText: errorText, firstProbeAt: nil)
+    }
+}
+
+/// Opens the queue the configuration names.
+public enum QueueBackends {
+    /// Opens (and migrates) the queue, runs `body` with it, and closes it whatever happened.
+    /// A PostgreSQL client's connections live in a child task of this call: nothing outlives it.
+    public static func with<T>(
+        _ settings: MailrouteConfiguration.Queue, logger: Logger = Logger(label: "mailroute.queue"),
+        _ body: (any QueueBackend) async throws -> T
+    ) async throws -> T {
+        switch settings.backend {
+        case .sqlite:
+            return try await body(try QueueStore(path: settings.path))
+        case .postgres:
+            let store = try PostgresStore(settings, logger: logger)
+            return try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask { await store.runClient() }
+                defer { group.cancelAll() }
+                try await store.prepare()
+                let result = try await body(store)
+                await store.shutdown()
+                return result
+            }
+        }
+    }
+}

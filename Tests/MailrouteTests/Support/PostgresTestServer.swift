@@ -1,0 +1,149 @@
+import Foundation
+import Logging
+import PostgresNIO
+
+/// One PostgreSQL server for the whole test process, and a fresh database per test on it.
+///
+/// `scripts/test` starts a cluster with `scripts/pg-cluster` and passes its URL in
+/// MAILROUTE_TEST_PG_URL (password in MAILROUTE_TEST_PG_PASSWORD, default "mailroute-test");
+/// without it, the first test that asks starts one itself and stops it when the process exits.
+enum PostgresTestServer {
+    struct Server: Sendable {
+        var host: String
+        var port: Int
+        var user: String
+        var password: String
+    }
+
+    struct Failure: Error, CustomStringConvertible {
+        var description: String
+    }
+
+    static var logger: Logger {
+        var logger = Logger(label: "mailroute.tests.postgres")
+        logger.logLevel = .warning
+        return logger
+    }
+
+    /// Started at most once, whichever test gets here first, on a thread of its own: waiting
+    /// for `pg-cluster` on a cooperative thread (two here) while another test waited for the
+    /// same start left no thread to notice the script had ended.
+    private static let server = Task<Server, any Error> {
+        try await withCheckedThrowingContinuation { done in
+            Thread { done.resume(with: Result { try startOrFind() }) }.start()
+        }
+    }
+
+    /// Set once, before atexit can read it, by the only initializer of `server`.
+    nonisolated(unsafe) private static var ownCluster: String?
+
+    private static var script: String { Paths.packageRoot.appendingPathComponent("scripts/pg-cluster").path }
+
+    static func shared() async throws -> (host: String, port: Int, user: String, password: String) {
+        let server = try await server.value
+        return (server.host, server.port, server.user, server.password)
+    }
+
+    /// A new, empty database owned by the test role; its URL (without password), as
+    /// [queue] url takes it.
+    static func freshDatabase() async throws -> String {
+        let server = try await shared()
+        let name = "t_" + UUID().uuidString.lowercased().replacingOccurrences(of: "-", with: "").prefix(24)
+        try await withConnection("postgres://\(server.user)@\(server.host):\(server.port)/postgres") { connection in
+            // CREATE DATABASE returns no rows; reading them waits for it to finish (or fail).
+            for try await _ in try await connection.query(
+                PostgresQuery(unsafeSQL: #"CREATE DATABASE \#(name) OWNER "\#(server.user)""#), logger: logger) {}
+        }
+        return "postgres://\(server.user)@\(server.host):\(server.port)/\(name)"
+    }
+
+    /// A connection to the database a `freshDatabase()` URL names, with the shared password.
+    static func connect(_ url: String) async throws -> PostgresConnection {
+        let server = try await shared()
+        guard let components = URLComponents(string: url), let host = components.host else {
+            throw Failure(description: "not a PostgreSQL URL: \(url)")
+        }
+        let database = String(components.path.drop(while: { $0 == "/" }))
+        let configuration = PostgresConnection.Configuration(
+            host: host, port: components.port ?? 5432, username: components.user ?? server.user,
+            password: server.password, database: database.isEmpty ? "postgres" : database, tls: .disable)
+        return try await PostgresConnection.connect(
+            configuration: configuration, id: Int.random(in: 1...Int(Int32.max)), logger: logger)
+    }
+
+    /// Runs `body` on a new connection and closes it, whatever `body` does.
+    static func withConnection<T: Sendable>(
+        _ url: String, _ body: (PostgresConnection) async throws -> T
+    ) async throws -> T {
+        let connection = try await connect(url)
+        do {
+            let value = try await body(connection)
+            try await connection.close()
+            return value
+        } catch {
+            try? await connection.close()
+            throw error
+        }
+    }
+
+    private static func startOrFind() throws -> Server {
+        let environment = ProcessInfo.processInfo.environment
+        let password = environment["MAILROUTE_TEST_PG_PASSWORD"] ?? "mailroute-test"
+        if let url = environment["MAILROUTE_TEST_PG_URL"], !url.isEmpty {
+            return try parse(url, password: password)
+        }
+        let directory = "/tmp/mailroute-test-pg-\(getpid())"
+        var output = ""
+        // closedPort() is free when asked, not when the server binds it: another test's
+        // server may take it in between, so a failed start gets a second port.
+        for _ in 0..<3 {
+            let result = try spawnAndWait([script, "start", directory, String(closedPort())])
+            if result.status == 0 {
+                ownCluster = directory
+                atexit { PostgresTestServer.stopOwnCluster() }
+                return try parse(result.stdout.trimmingCharacters(in: .whitespacesAndNewlines), password: password)
+            }
+            output = result.output
+            _ = try? spawnAndWait([script, "stop", directory])
+        }
+        throw Failure(description: "scripts/pg-cluster start failed: \(output)")
+    }
+
+    private static func stopOwnCluster() {
+        guard let directory = ownCluster else { return }
+        _ = try? spawnAndWait([script, "stop", directory])
+    }
+
+    /// `bash ARGS…` to completion with posix_spawn and waitpid: Foundation's `Process` never
+    /// saw `pg-cluster` end here (it was left a zombie, unreaped, and the tests hung), perhaps
+    /// because of what `runuser` does with the session; waitpid on its own pid cannot miss it.
+    private static func spawnAndWait(_ arguments: [String]) throws -> ProcessResult {
+        let dir = Paths.temporaryDirectory("pg-cluster")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let out = dir.appendingPathComponent("stdout").path, err = dir.appendingPathComponent("stderr").path
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_addopen(&actions, 1, out, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        posix_spawn_file_actions_addopen(&actions, 2, err, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        let argv = (["/bin/bash"] + arguments).map { strdup($0) } + [nil]
+        defer { argv.forEach { free($0) } }
+        var pid: pid_t = 0
+        let spawned = posix_spawn(&pid, "/bin/bash", &actions, nil, argv, environ)
+        guard spawned == 0 else { throw Failure(description: "cannot run bash: \(String(cString: strerror(spawned)))") }
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        let exit = (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
+        return ProcessResult(
+            status: exit, stdout: (try? String(contentsOfFile: out, encoding: .utf8)) ?? "",
+            stderr: (try? String(contentsOfFile: err, encoding: .utf8)) ?? "")
+    }
+
+    private static func parse(_ url: String, password: String) throws -> Server {
+        guard let components = URLComponents(string: url), let host = components.host else {
+            throw Failure(description: "MAILROUTE_TEST_PG_URL is not a PostgreSQL URL: \(url)")
+        }
+        return Server(host: host, port: components.port ?? 5432, user: components.user ?? "mailroute", password: password)
+    }
+}

@@ -49,6 +49,9 @@ public struct ClaimPlan: Sendable {
     /// in by the store inside the claim): their rows are left to it, which is what keeps a
     /// configuration's `max_connections` and `rate_per_minute` for the whole cluster.
     public var foreign: Set<Int64> = []
+    /// On a shared queue, the configurations whose pools this daemon has closed for idleness:
+    /// the claim gives them up (or, with rows for them, keeps them) in its own transaction.
+    public var giveUp: [Int64] = []
     /// The category defaults (priority, TTL) that admission applies.
     public var categories: [String: MailrouteConfiguration.Category]
 
@@ -142,6 +145,16 @@ public struct ClaimPlan: Sendable {
             return config.fallback == .none ? nil : .some(nil)
         }
         return .some(config.id)
+    }
+
+    /// On a shared queue: how many of `wanting` configurations nobody drives a daemon may take,
+    /// holding `mine` of the `owned` that are driven, with `daemons` alive: up to its share of
+    /// all of them, rounded up. Alone, it takes every one; with three daemons and three busy
+    /// tenants, one each.
+    public static func newConfigurations(mine: Int, owned: Int, wanting: Int, daemons: Int) -> Int {
+        let all = owned + wanting
+        let share = (all + max(1, daemons) - 1) / max(1, daemons)
+        return min(wanting, max(0, share - mine))
     }
 
     func isTripped(_ config: SMTPConfigRecord) -> Bool {

@@ -40,6 +40,11 @@ public actor Dispatcher: Service {
     private var lastRenewal: Double
     private var lostDatabaseSince: Double?
     private var renewing = false
+    /// Configurations whose idle pools were closed: the next claim gives them up.
+    private var givenUp: Set<Int64> = []
+    /// Configurations this daemon is handing over (it holds more than its share): no more
+    /// claims for them; once their pool is empty it closes and they are given up.
+    private var leaving: Set<Int64> = []
     /// The last queue error logged, so a database that stays away is not logged every second.
     private var lastCycleError: (text: String, at: Double)?
 
@@ -130,6 +135,9 @@ public actor Dispatcher: Service {
             await withTaskGroup(of: Void.self) { listener in
                 // Apart from the deliveries' group: it runs until cancelled, they until done.
                 listener.addTask { await wakeups.run() }
+                // Counted among the living before the first claim, so that the first daemon of a
+                // cluster starting together takes only its share of the configurations.
+                try? await self.store.renewLeases(now: self.now(), until: self.now() + self.settings.queue.leaseSeconds)
                 await withDiscardingTaskGroup { group in
                     await self.loop(wakeups: wakeups, group: &group)
                     // Stop taking work: queued jobs come back as not started, sends in hand finish.
@@ -137,7 +145,7 @@ public actor Dispatcher: Service {
                 }
                 listener.cancelAll()
             }
-            try? await self.store.releaseConnections(configIDs: nil)
+            try? await self.store.releaseConnections()
         } onGracefulShutdown: { [doorbell, notifier] in
             // Tell systemd at once; the drain that follows is what TimeoutStopSec bounds.
             notifier.stopping()
@@ -187,7 +195,10 @@ public actor Dispatcher: Service {
                         // No routing read here: the claim routes inside its own transaction, and a
                         // pool for new settings is made on first use; retiring old pools can wait
                         // for the once-a-second refresh below.
-                        let batch = try await store.claimBatch(claimPlan(now: t, expire: expire))
+                        let plan = claimPlan(now: t, expire: expire)
+                        let batch = try await store.claimBatch(plan)
+                        givenUp.subtract(plan.giveUp)
+                        leaving.subtract(plan.giveUp)
                         for message in batch.messages {
                             inFlight += 1
                             group.addTask { await self.deliver(message) }
@@ -245,6 +256,8 @@ public actor Dispatcher: Service {
             now: t, leaseSeconds: settings.queue.leaseSeconds, expire: expire, limit: max(0, 2000 - inFlight), room: pools.roomForClaim(),
             defaultMaxConnections: settings.delivery.defaultMaxConnections, categories: settings.categories)
         plan.down = health.trippedVersions
+        plan.giveUp = Array(givenUp)
+        plan.foreign = leaving
         return plan
     }
 
@@ -405,8 +418,9 @@ public actor Dispatcher: Service {
 
     // MARK: - A shared queue
 
-    /// How often leases are renewed; a lease lasts three times as long.
-    static let renewalSeconds = 5.0
+    /// How often leases are renewed: three times per configuration lease
+    /// (`PostgresStore.ownershipSeconds`, 15 s at most), so one lost renewal costs nothing.
+    var renewalSeconds: Double { min(5, settings.queue.leaseSeconds / 3) }
 
     /// On a queue several daemons share: renew this daemon's leases, give up configurations
     /// whose pools have been idle (their connections closed first, so the cluster never holds
@@ -414,20 +428,22 @@ public actor Dispatcher: Service {
     /// reach for most of a lease, close every pool: another daemon may take its configurations
     /// over once the lease runs out.
     private func shareTheQueue(now t: Double, group: inout DiscardingTaskGroup) {
-        for (id, pool) in pools.retireIdle(now: t, after: settings.delivery.idleTimeoutSeconds) {
+        let handedOver = leaving.filter { pools.load(configID: $0) == 0 }
+        givenUp.formUnion(handedOver.filter { !pools.hasPool(configID: $0) })
+        for (id, pool) in pools.retireIdle(now: t, after: settings.delivery.idleTimeoutSeconds) + pools.retire(configIDs: handedOver) {
             group.addTask {
                 await pool.close()
                 await self.connectionsClosed(configID: id)
             }
         }
-        if t - lastRenewal >= Self.renewalSeconds && !renewing {
+        if t - lastRenewal >= renewalSeconds && !renewing {
             renewing = true
             let store = self.store
             let until = t + settings.queue.leaseSeconds
             group.addTask {
                 do {
-                    try await store.renewLeases(now: t, until: until)
-                    await self.renewed(at: t)
+                    let share = try await store.renewLeases(now: t, until: until)
+                    await self.renewed(at: t, share: share)
                 } catch {
                     await self.renewalFailed(at: t, error: error)
                 }
@@ -435,15 +451,26 @@ public actor Dispatcher: Service {
         }
     }
 
-    private func connectionsClosed(configID: Int64) async {
+    private func connectionsClosed(configID: Int64) {
         // A claim meanwhile may have made a new pool for it: then it stays ours.
         guard !pools.hasPool(configID: configID) else { return }
-        try? await store.releaseConnections(configIDs: [configID])
+        givenUp.insert(configID)
     }
 
-    private func renewed(at t: Double) {
+    private func renewed(at t: Double, share: ClusterShare?) {
         renewing = false
         lastRenewal = max(lastRenewal, t)
+        // Hand over what is beyond this daemon's share, the least busy first, one batch per
+        // renewal (what is being handed over already counts as gone).
+        if let share, leaving.isEmpty, share.excess > 0 {
+            let candidates = pools.configIDs.sorted { pools.load(configID: $0) < pools.load(configID: $1) }
+            leaving = Set(candidates.prefix(share.excess))
+            if !leaving.isEmpty {
+                logger.info("handing configurations over to other daemons", metadata: [
+                    "count": "\(leaving.count)", "daemons": "\(share.daemons)", "held": "\(share.mine)", "driven": "\(share.owned)",
+                ])
+            }
+        }
         if let since = lostDatabaseSince {
             lostDatabaseSince = nil
             logger.notice("database reachable again", metadata: ["down_for": "\(Self.seconds(t - since))s"])
@@ -458,7 +485,7 @@ public actor Dispatcher: Service {
             notifier.status("database unreachable; retrying")
         }
         // Two renewals missed: before the lease runs out, no connection of ours may remain.
-        if t - lastRenewal >= 2 * Self.renewalSeconds {
+        if t - lastRenewal >= 2 * renewalSeconds {
             let closing = pools.retireAll()
             if !closing.isEmpty {
                 logger.warning("closing every connection: this daemon's configurations may pass to another", metadata: ["pools": "\(closing.count)"])

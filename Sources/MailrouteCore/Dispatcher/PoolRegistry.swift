@@ -152,6 +152,31 @@ struct PoolRegistry {
         return idle
     }
 
+    /// The configurations that have a pool here.
+    var configIDs: Set<Int64> {
+        Set(pools.keys.compactMap { if case .config(let id, _) = $0 { id } else { nil } })
+    }
+
+    /// Work waiting or in hand in a configuration's pools (every version).
+    func load(configID: Int64) -> Int {
+        pools.reduce(0) { sum, entry in
+            if case .config(configID, _) = entry.key { return sum + entry.value.load }
+            return sum
+        }
+    }
+
+    /// Takes out these configurations' pools, with their ids, to be closed (handed over).
+    mutating func retire(configIDs: Set<Int64>) -> [(Int64, any SMTPPool)] {
+        guard !configIDs.isEmpty else { return [] }
+        var out: [(Int64, any SMTPPool)] = []
+        for key in pools.keys {
+            guard case .config(let id, _) = key, configIDs.contains(id), let pool = pools.removeValue(forKey: key) else { continue }
+            lastBusy[key] = nil
+            out.append((id, pool))
+        }
+        return out
+    }
+
     func hasPool(configID: Int64) -> Bool {
         pools.keys.contains { if case .config(configID, _) = $0 { true } else { false } }
     }

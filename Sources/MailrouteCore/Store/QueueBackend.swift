@@ -50,10 +50,11 @@ public protocol QueueBackend: AnyObject, Sendable {
     func finish(_ outcomes: [(claim: ClaimedMessage, outcome: DeliveryOutcome)]) async throws
     func releaseLeases(_ claims: [ClaimedMessage]) async throws
     /// Keeps this daemon's leases (its rows in hand, the configurations whose connections it
-    /// drives) alive until `until`. A no-op where one daemon owns the queue.
-    func renewLeases(now: Double, until: Double) async throws
-    /// Gives up driving these configurations' connections (nil: all): their pools are closed.
-    func releaseConnections(configIDs: [Int64]?) async throws
+    /// drives) alive until `until`, and says how the cluster's configurations are shared out.
+    /// Where one daemon owns the queue, nothing to renew: nil.
+    @discardableResult func renewLeases(now: Double, until: Double) async throws -> ClusterShare?
+    /// Gives up every configuration this daemon drives (at shutdown, its pools all closed).
+    func releaseConnections() async throws
     @discardableResult func purgeSent(before cutoff: Double, batch: Int) async throws -> Int
     func counts(now: Double) async throws -> QueueCounts
     /// Something that says when others committed (new rows, changed configurations).
@@ -68,6 +69,29 @@ public protocol QueueBackend: AnyObject, Sendable {
 
     /// Closes connections to the database (PostgreSQL); nothing to do for a file.
     func shutdown() async
+}
+
+/// On a shared queue, who drives how many configurations' connections.
+public struct ClusterShare: Sendable, Equatable {
+    /// Daemons alive (renewed within a lease).
+    public var daemons: Int
+    /// Configurations driven by some daemon, and by this one.
+    public var owned: Int
+    public var mine: Int
+
+    public init(daemons: Int, owned: Int, mine: Int) {
+        self.daemons = daemons
+        self.owned = owned
+        self.mine = mine
+    }
+
+    /// How many of its configurations this daemon should hand over: what it holds beyond its
+    /// share, rounded up, of all that are driven. Daemons that joined after the first took
+    /// everything get theirs as the excess is handed over, one renewal at a time.
+    public var excess: Int {
+        let share = (owned + max(1, daemons) - 1) / max(1, daemons)
+        return max(0, mine - share)
+    }
 }
 
 /// Tells the dispatcher that someone committed. `changed()` is asked once per loop turn.

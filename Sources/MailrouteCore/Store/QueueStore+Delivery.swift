@@ -281,8 +281,8 @@ extension QueueStore {
     }
 
     /// One daemon per file: nobody else would take its rows while it lives.
-    public func renewLeases(now: Double, until: Double) async throws {}
-    public func releaseConnections(configIDs: [Int64]?) async throws {}
+    public func renewLeases(now: Double, until: Double) async throws -> ClusterShare? { nil }
+    public func releaseConnections() async throws {}
 
     public func wakeups(doorbell: Doorbell) throws -> any QueueWakeups {
         try SQLiteWakeups(path: path, doorbell: doorbell)

@@ -111,11 +111,21 @@ extension PostgresStore {
                     """, logger: logger)
             }
 
+            // Given up first, in this transaction: a row chosen below takes its configuration
+            // back at once, so no claim of ours can hold rows of a configuration we no longer drive.
+            if !plan.giveUp.isEmpty {
+                try await db.query(
+                    "DELETE FROM config_owners WHERE daemon = \(self.me) AND config_id = ANY(\(plan.giveUp))", logger: logger)
+            }
             // Configurations whose connections another daemon drives: their rows are its.
             var plan = plan
+            var ours = Set<Int64>()
             let owners = try await db.query(
-                "SELECT config_id FROM config_owners WHERE daemon <> \(self.me) AND lease_until >= \(now)", logger: logger)
-            for try await row in owners { plan.foreign.insert(try row.decode(Int64.self)) }
+                "SELECT config_id, daemon = \(self.me) FROM config_owners WHERE lease_until >= \(now)", logger: logger)
+            for try await row in owners {
+                let (id, mine) = try row.decode((Int64, Bool).self)
+                if mine { ours.insert(id) } else { plan.foreign.insert(id) }
+            }
 
             var chooser = ClaimPlan.Chooser(plan: plan)
             var chosen: [(id: Int64, resolution: RouteResolution)] = []
@@ -137,12 +147,37 @@ extension PostgresStore {
 
             // Take (or keep) the connections of the configurations these rows go to; a
             // configuration another daemon took meanwhile keeps its rows for that daemon.
-            let wanted = Set(chosen.compactMap { plan.connectionTarget($0.resolution) ?? nil })
+            var wanted: [Int64] = []
+            for candidate in chosen {
+                if let target = plan.connectionTarget(candidate.resolution), let id = target, !wanted.contains(id) { wanted.append(id) }
+            }
+            // New configurations (in the order their rows came) only up to this daemon's share
+            // of the cluster, so the first daemon to claim does not take them all.
+            let new = wanted.filter { !ours.contains($0) }
+            if !new.isEmpty {
+                var daemons = 1
+                for try await row in try await db.query(
+                    "SELECT count(*) FROM daemons WHERE seen_at >= \(now - Self.ownershipSeconds(lease: plan.leaseSeconds))",
+                    logger: logger)
+                {
+                    daemons = max(1, try row.decode(Int.self))
+                }
+                let allowed = ClaimPlan.newConfigurations(
+                    mine: ours.count, owned: ours.count + plan.foreign.count, wanting: new.count, daemons: daemons)
+                let refused = Set(new.dropFirst(allowed))
+                wanted.removeAll { refused.contains($0) }
+                if !refused.isEmpty {
+                    chosen.removeAll { candidate in
+                        guard let target = plan.connectionTarget(candidate.resolution), let id = target else { return false }
+                        return refused.contains(id)
+                    }
+                }
+            }
             if !wanted.isEmpty {
                 let held = try await db.query(
                     """
                     INSERT INTO config_owners (config_id, daemon, lease_until)
-                    SELECT id, \(self.me), \(now + Self.ownershipSeconds) FROM unnest(\(Array(wanted))::bigint[]) AS id
+                    SELECT id, \(self.me), \(now + Self.ownershipSeconds(lease: plan.leaseSeconds)) FROM unnest(\(Array(wanted))::bigint[]) AS id
                     ON CONFLICT (config_id) DO UPDATE SET daemon = excluded.daemon, lease_until = excluded.lease_until
                     WHERE config_owners.daemon = excluded.daemon OR config_owners.lease_until < \(now)
                     RETURNING config_id
@@ -280,23 +315,31 @@ extension PostgresStore {
             """, logger: logger)
     }
 
-    public func renewLeases(now: Double, until: Double) async throws {
+    public func renewLeases(now: Double, until: Double) async throws -> ClusterShare? {
         try await client.query(
             """
             WITH rows AS (UPDATE messages SET lease_until = \(until) WHERE status = 'sending' AND lease_owner = \(me)),
-                 owned AS (UPDATE config_owners SET lease_until = \(now + Self.ownershipSeconds) WHERE daemon = \(me))
+                 owned AS (UPDATE config_owners SET lease_until = \(now + Self.ownershipSeconds(lease: until - now)) WHERE daemon = \(me)),
+                 -- Daemons that died without a word: nobody needs to wake them.
+                 gone AS (DELETE FROM daemons WHERE seen_at < \(now - 600))
             INSERT INTO daemons (daemon, asleep, seen_at) VALUES (\(me), false, \(now))
             ON CONFLICT (daemon) DO UPDATE SET seen_at = excluded.seen_at
             """, logger: logger)
+        let rows = try await client.query(
+            """
+            SELECT (SELECT count(*) FROM daemons WHERE seen_at >= \(now - Self.ownershipSeconds(lease: until - now))),
+                   count(*), count(*) FILTER (WHERE daemon = \(me))
+            FROM config_owners WHERE lease_until >= \(now)
+            """, logger: logger)
+        for try await row in rows {
+            let (daemons, owned, mine) = try row.decode((Int, Int, Int).self)
+            return ClusterShare(daemons: max(1, daemons), owned: owned, mine: mine)
+        }
+        return nil
     }
 
-    public func releaseConnections(configIDs: [Int64]?) async throws {
-        if let configIDs {
-            try await client.query(
-                "DELETE FROM config_owners WHERE daemon = \(me) AND config_id = ANY(\(configIDs))", logger: logger)
-        } else {
-            try await client.query("DELETE FROM config_owners WHERE daemon = \(me)", logger: logger)
-        }
+    public func releaseConnections() async throws {
+        try await client.query("DELETE FROM config_owners WHERE daemon = \(me)", logger: logger)
     }
 
     /// Whether enqueuers should NOTIFY this daemon (`daemons.asleep`, read by the INSERT trigger).

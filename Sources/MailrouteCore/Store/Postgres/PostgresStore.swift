@@ -30,8 +30,9 @@ public final class PostgresStore: QueueBackend {
     private let migrations = Mutex<[String]>([])
 
     /// How long a daemon holds a configuration's connections without renewing: a daemon that
-    /// died gives its configurations up this long after its last renewal.
-    public static let ownershipSeconds = 15.0
+    /// died gives its configurations up this long after its last renewal. At most the rows'
+    /// lease (`lease_s`), so its rows and its configurations come free together.
+    public static func ownershipSeconds(lease: Double) -> Double { min(15, lease) }
 
     public var location: String { url.description }
     public var isShared: Bool { true }
@@ -65,7 +66,7 @@ public final class PostgresStore: QueueBackend {
     /// The client's connections live here; cancelling it closes them.
     func runClient() async { await client.run() }
 
-    /// Migrates (one daemon at a time, under an advisory lock) and announces this daemon.
+    /// Migrates, one program at a time (under an advisory lock).
     /// A connection that cannot be made is one line naming the database and why.
     func prepare() async throws {
         do {
@@ -73,10 +74,6 @@ public final class PostgresStore: QueueBackend {
                 try await PostgresSchema.migrate(connection, logger: self.logger)
             }
             migrations.withLock { $0 = applied }
-            let now = QueueStore.now()
-            try await client.query(
-                "INSERT INTO daemons (daemon, asleep, seen_at) VALUES (\(me), false, \(now)) ON CONFLICT (daemon) DO NOTHING",
-                logger: logger)
         } catch let error as PSQLError {
             throw MailrouteError.invalid(field: "[queue] url \(url)", reason: Self.describe(error))
         }

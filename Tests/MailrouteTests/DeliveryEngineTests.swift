@@ -5,11 +5,13 @@ import Testing
 @testable import MailrouteCore
 
 /// The delivery engine end to end: routing, order, isolation, reuse, composition, time.
+/// Every case runs on both queue backends: SQLite, and PostgreSQL (SPEC §8) with its enqueuer
+/// as `psql` (`DaemonProcess`).
 @Suite struct DeliveryEngineTests {
-    @Test func everyRoutingStepEndToEnd() throws {
+    @Test(arguments: [Backend.sqlite, .postgres]) func everyRoutingStepEndToEnd(_ backend: Backend) throws {
         let relay = try SMTPTestServer()
         let main = try SMTPTestServer(), brand = try SMTPTestServer(), wl = try SMTPTestServer(), reports = try SMTPTestServer()
-        let env = try CtlEnvironment(platformPort: relay.port)
+        let env = try CtlEnvironment(backend: backend, platformPort: relay.port)
         try env.addConfig(name: "main", port: main.port)
         try env.addConfig(name: "brand", port: brand.port)
         try env.addConfig(name: "wl", port: wl.port)
@@ -37,9 +39,9 @@ import Testing
         #expect(try #require(brand.messages().first).envelope.mail_from == "brand@acme.test")
     }
 
-    @Test func aPriorityOneMessageOvertakesABacklog() throws {
+    @Test(arguments: [Backend.sqlite, .postgres]) func aPriorityOneMessageOvertakesABacklog(_ backend: Backend) throws {
         let server = try SMTPTestServer()
-        let env = try CtlEnvironment()
+        let env = try CtlEnvironment(backend: backend)
         // One connection at 10 messages a second: the backlog lasts half a minute.
         try env.addConfig(name: "main", port: server.port, extra: ["--max-connections", "1", "--rate-per-minute", "600"])
         let daemon = DaemonProcess(env: env)
@@ -57,11 +59,11 @@ import Testing
         #expect(try daemon.row(reset).effectivePriority == 1)
     }
 
-    @Test func aSilentServerDoesNotDelayAHealthyOne() throws {
+    @Test(arguments: [Backend.sqlite, .postgres]) func aSilentServerDoesNotDelayAHealthyOne(_ backend: Backend) throws {
         let silent = try SMTPTestServer.fault("--silent")
         let healthy = try SMTPTestServer()
         let relay = try SMTPTestServer()
-        let env = try CtlEnvironment(platformPort: relay.port, delivery: ["connect_timeout_s = 8", "command_timeout_s = 8"])
+        let env = try CtlEnvironment(backend: backend, platformPort: relay.port, delivery: ["connect_timeout_s = 8", "command_timeout_s = 8"])
         try env.addConfig(tenant: "quiet", name: "main", port: silent.port, extra: ["--fallback", "none"])
         try env.addConfig(tenant: "busy", name: "main", port: healthy.port)
         let daemon = DaemonProcess(env: env)
@@ -77,9 +79,9 @@ import Testing
         #expect(silent.events().contains("connect"))
     }
 
-    @Test func connectionsAreReusedAcrossMessages() throws {
+    @Test(arguments: [Backend.sqlite, .postgres]) func connectionsAreReusedAcrossMessages(_ backend: Backend) throws {
         let server = try SMTPTestServer()
-        let env = try CtlEnvironment()
+        let env = try CtlEnvironment(backend: backend)
         try env.addConfig(name: "main", port: server.port, extra: ["--max-connections", "2"])
         let daemon = DaemonProcess(env: env)
         try daemon.start()
@@ -91,25 +93,46 @@ import Testing
         #expect(waitUntil { server.events().filter { $0 == "quit" }.count == connects }, "pooled connections QUIT on stop")
     }
 
-    @Test func mimeIsReadBackByARealParser() throws {
+    @Test(arguments: [Backend.sqlite, .postgres]) func mimeIsReadBackByARealParser(_ backend: Backend) throws {
         let server = try SMTPTestServer()
-        let env = try CtlEnvironment()
+        let env = try CtlEnvironment(backend: backend)
         try env.addConfig(name: "main", port: server.port, extra: ["--from-name", "Zoë's Büro, Inc."])
         let daemon = DaemonProcess(env: env)
         let attachment = Data((0..<3000).map { UInt8(truncatingIfNeeded: $0 &* 7) })
         let longLine = String(repeating: "é", count: 3000)
-        let id = try daemon.db.write { db -> Int64 in
-            try db.execute(
-                sql: """
-                    INSERT INTO messages (tenant, category, rcpt_to, cc, subject, text_body, html_body, headers)
-                    VALUES ('acme', 'report', '["Jane Doe <jane@example.com>"]', '["\\"Boss, The\\" <boss@example.com>"]',
-                            'Rapport hebdomadaire — ça marche ✓', ?, '<p>Bonjour <b>Jane</b></p>', '{"X-Campaign": "week-47"}')
-                    """, arguments: ["Bonjour Jane,\n.leading dot\n" + longLine])
-            let mid = db.lastInsertedRowID
-            try db.execute(
-                sql: "INSERT INTO attachments (message_id, filename, content_type, content) VALUES (?, 'données.bin', 'application/octet-stream', ?)",
-                arguments: [mid, attachment])
-            return mid
+        let textBody = "Bonjour Jane,\n.leading dot\n" + longLine
+        let id: Int64
+        switch backend {
+        case .sqlite:
+            id = try daemon.db.write { db -> Int64 in
+                try db.execute(
+                    sql: """
+                        INSERT INTO messages (tenant, category, rcpt_to, cc, subject, text_body, html_body, headers)
+                        VALUES ('acme', 'report', '["Jane Doe <jane@example.com>"]', '["\\"Boss, The\\" <boss@example.com>"]',
+                                'Rapport hebdomadaire — ça marche ✓', ?, '<p>Bonjour <b>Jane</b></p>', '{"X-Campaign": "week-47"}')
+                        """, arguments: [textBody])
+                let mid = db.lastInsertedRowID
+                try db.execute(
+                    sql: "INSERT INTO attachments (message_id, filename, content_type, content) VALUES (?, 'données.bin', 'application/octet-stream', ?)",
+                    arguments: [mid, attachment])
+                return mid
+            }
+        case .postgres:
+            // The same two INSERTs in one transaction, as a service on PostgreSQL writes them.
+            var s = PSQL.Script("BEGIN;\n")
+            s.append(
+                """
+                INSERT INTO messages (tenant, category, rcpt_to, cc, subject, text_body, html_body, headers)
+                VALUES ('acme', 'report', '["Jane Doe <jane@example.com>"]', '["\\"Boss, The\\" <boss@example.com>"]',
+                        'Rapport hebdomadaire — ça marche ✓', \(s.text(textBody)), '<p>Bonjour <b>Jane</b></p>', '{"X-Campaign": "week-47"}')
+                RETURNING id AS mid \\gset
+                INSERT INTO attachments (message_id, filename, content_type, content)
+                VALUES (:mid, 'données.bin', 'application/octet-stream', \(s.bytes(attachment)));
+                COMMIT;
+                SELECT :mid;
+
+                """)
+            id = try daemon.psql.int64(s)
         }
         try daemon.start()
         try daemon.waitFor(id, .sent)
@@ -153,9 +176,9 @@ import Testing
         #expect(row.messageIdHeader == mail.header("Message-ID"))
     }
 
-    @Test func scheduledRowsWaitAndStaleRowsExpire() throws {
+    @Test(arguments: [Backend.sqlite, .postgres]) func scheduledRowsWaitAndStaleRowsExpire(_ backend: Backend) throws {
         let server = try SMTPTestServer()
-        let env = try CtlEnvironment()
+        let env = try CtlEnvironment(backend: backend)
         try env.addConfig(name: "main", port: server.port)
         let daemon = DaemonProcess(env: env)
         try daemon.start()
@@ -171,8 +194,8 @@ import Testing
         #expect(!server.messages().contains { $0.header("Subject") == "stale" })
     }
 
-    @Test func passwordResetsExpireAfterTheirCategoryTTL() throws {
-        let env = try CtlEnvironment(platformPort: closedPort(), delivery: ["retry_initial_s = 1", "retry_max_s = 1"],
+    @Test(arguments: [Backend.sqlite, .postgres]) func passwordResetsExpireAfterTheirCategoryTTL(_ backend: Backend) throws {
+        let env = try CtlEnvironment(backend: backend, platformPort: closedPort(), delivery: ["retry_initial_s = 1", "retry_max_s = 1"],
             extraTOML: "[categories.password_reset]\nttl_s = 2")
         let daemon = DaemonProcess(env: env)
         try daemon.start()
@@ -182,14 +205,15 @@ import Testing
         #expect(try daemon.attempts(id).count >= 1)
     }
 
-    @Test func aDownConfigurationComesBackAfterASuccessfulProbe() async throws {
-        let env = try CtlEnvironment(platformPort: closedPort(), delivery: ["cooldown_s = 1", "retry_initial_s = 1", "retry_max_s = 1"])
+    @Test(arguments: [Backend.sqlite, .postgres]) func aDownConfigurationComesBackAfterASuccessfulProbe(_ backend: Backend) async throws {
+        let env = try CtlEnvironment(backend: backend, platformPort: closedPort(), delivery: ["cooldown_s = 1", "retry_initial_s = 1", "retry_max_s = 1"])
         let server = try SMTPTestServer()
         // Down: the configuration points at a closed port, then is fixed without a verify.
         try env.addConfig(name: "main", port: server.port, extra: ["--fallback", "none"])
-        let store = try env.store()
-        let config = try #require(try store.config(tenant: "acme", name: "main"))
-        try await store.recordConfigStatus(id: config.id!, settingsVersion: config.settingsVersion, status: .error, errorKind: .connectionFailed, errorText: "was down")
+        try await env.withStore { store in
+            let config = try #require(try await store.config(tenant: "acme", name: "main"))
+            try await store.recordConfigStatus(id: config.id!, settingsVersion: config.settingsVersion, status: .error, errorKind: .connectionFailed, errorText: "was down")
+        }
         let daemon = DaemonProcess(env: env)
         try daemon.start()
         let id = try daemon.enqueue()
@@ -197,9 +221,9 @@ import Testing
         #expect(try daemon.waitFor(id, .sent, timeout: 15).route == .default)
     }
 
-    @Test func killNineMidBurstLosesNothing() throws {
+    @Test(arguments: [Backend.sqlite, .postgres]) func killNineMidBurstLosesNothing(_ backend: Backend) throws {
         let sink = try SinkServer()
-        let env = try CtlEnvironment(queue: ["lease_s = 2"])
+        let env = try CtlEnvironment(backend: backend, queue: ["lease_s = 2"])
         try env.addConfig(name: "main", port: sink.port, extra: ["--max-connections", "4"])
         let daemon = DaemonProcess(env: env)
         try daemon.enqueueMany(400, subject: "burst")
@@ -217,9 +241,11 @@ import Testing
         #expect(duplicates <= sendingAtKill, "\(duplicates) duplicates, \(sendingAtKill) in flight at the kill")
     }
 
-    @Test func twoDaemonsOnOneDatabaseNeverSendARowTwice() throws {
+    /// Not about SQLite: on PostgreSQL it is the scale-out case itself (claims with SKIP LOCKED,
+    /// one daemon driving the configuration's connections at a time).
+    @Test(arguments: [Backend.sqlite, .postgres]) func twoDaemonsOnOneDatabaseNeverSendARowTwice(_ backend: Backend) throws {
         let server = try SMTPTestServer()
-        let env = try CtlEnvironment()
+        let env = try CtlEnvironment(backend: backend)
         try env.addConfig(name: "main", port: server.port)
         let first = DaemonProcess(env: env), second = DaemonProcess(env: env)
         try first.start()
@@ -231,9 +257,9 @@ import Testing
         #expect(Set(subjects).count == 200)
     }
 
-    @Test func editedConnectionSettingsReplaceThePool() throws {
+    @Test(arguments: [Backend.sqlite, .postgres]) func editedConnectionSettingsReplaceThePool(_ backend: Backend) throws {
         let old = try SMTPTestServer(), new = try SMTPTestServer()
-        let env = try CtlEnvironment()
+        let env = try CtlEnvironment(backend: backend)
         try env.addConfig(name: "main", port: old.port)
         let daemon = DaemonProcess(env: env)
         try daemon.start()
@@ -247,9 +273,9 @@ import Testing
 
     /// The route is resolved in the claim against the routing as committed: a message
     /// INSERTed right after a tenant's first `config add` leaves through it, not the relay.
-    @Test func aMessageRightAfterTheFirstConfigAddUsesIt() throws {
+    @Test(arguments: [Backend.sqlite, .postgres]) func aMessageRightAfterTheFirstConfigAddUsesIt(_ backend: Backend) throws {
         let relay = try SMTPTestServer(), tenant = try SMTPTestServer()
-        let env = try CtlEnvironment(platformPort: relay.port)
+        let env = try CtlEnvironment(backend: backend, platformPort: relay.port)
         let daemon = DaemonProcess(env: env)
         try daemon.start()
         // Something for the daemon to do first, so its own routing view is warm.
@@ -274,18 +300,40 @@ import Testing
         return id
     }
 
-    @Test func sentMessagesArePurgedAfterRetention() throws {
-        let env = try CtlEnvironment(queue: ["retention_days = 1"])
+    /// `insertSent` on PostgreSQL, through `psql`.
+    static func insertSent(_ psql: PSQL, at sentAt: Double) throws -> Int64 {
+        var s = PSQL.Script()
+        s.append(
+            """
+            BEGIN;
+            INSERT INTO messages (category, rcpt_to, subject, text_body) VALUES ('report', '["a@b.test"]', 's', 'b') RETURNING id AS id \\gset
+            UPDATE messages SET status = 'sent', sent_at = \(s.number(sentAt)), effective_priority = 3 WHERE id = :id;
+            COMMIT;
+            SELECT :id;
+
+            """)
+        return try psql.int64(s)
+    }
+
+    @Test(arguments: [Backend.sqlite, .postgres]) func sentMessagesArePurgedAfterRetention(_ backend: Backend) throws {
+        let env = try CtlEnvironment(backend: backend, queue: ["retention_days = 1"])
         let daemon = DaemonProcess(env: env)
         let old = Date().timeIntervalSince1970 - 3 * 86400
-        let id = try daemon.db.write { db -> Int64 in
-            try Self.insertSent(db, at: old)
-        }
-        let recent = try daemon.db.write { db -> Int64 in
-            try Self.insertSent(db, at: Date().timeIntervalSince1970)
+        let id: Int64, recent: Int64
+        switch backend {
+        case .sqlite:
+            id = try daemon.db.write { db -> Int64 in
+                try Self.insertSent(db, at: old)
+            }
+            recent = try daemon.db.write { db -> Int64 in
+                try Self.insertSent(db, at: Date().timeIntervalSince1970)
+            }
+        case .postgres:
+            id = try Self.insertSent(daemon.psql, at: old)
+            recent = try Self.insertSent(daemon.psql, at: Date().timeIntervalSince1970)
         }
         try daemon.start()
-        #expect(waitUntil(timeout: 10) { (try? daemon.db.read { db in try MessageRecord.fetchOne(db, key: id) }) == nil })
+        #expect(try waitUntil(timeout: 10) { try daemon.rowIfPresent(id) == nil })
         #expect(try daemon.row(recent).status == .sent)
     }
 }

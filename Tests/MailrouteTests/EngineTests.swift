@@ -7,147 +7,192 @@ import Testing
 
 @testable import MailrouteCore
 
-/// The engine in-process: a real queue file, the real dispatcher, a fake transport. Fast
-/// checks of the engine's decisions beside the subprocess tests against real servers.
+/// The engine in-process: a real queue (a file, or a database on the test PostgreSQL), the
+/// real dispatcher, a fake transport. Fast checks of the engine's decisions beside the
+/// subprocess tests against real servers. Every case runs on both backends.
 @Suite struct EngineTests {
-    let store: QueueStore
-    let transport = FakeTransport()
-    var settings = MailrouteConfiguration()
+    /// One case's queue, dispatcher settings and transport.
+    struct Engine: Sendable {
+        let store: any QueueBackend
+        let transport: FakeTransport
+        let settings: MailrouteConfiguration
 
-    init() throws {
-        store = try QueueStore(path: Paths.temporaryDirectory("engine").appendingPathComponent("q.db").path)
+        @discardableResult
+        func addConfig(_ tenant: String = "acme", _ name: String = "main", maxConnections: Int? = nil, fallback: FallbackPolicy = .platform) async throws -> SMTPConfigRecord {
+            var record = SMTPConfigRecord(tenant: tenant, name: name, host: "smtp.\(tenant).test", fromAddress: "\(name)@\(tenant).test")
+            record.maxConnections = maxConnections
+            record.fallback = fallback
+            return try await store.insertConfig(record)
+        }
+
+        /// Through the store's own `enqueue` (as `mailroutectl enqueue` writes rows), on either backend.
+        func enqueue(_ count: Int, tenant: String? = "acme") async throws -> [Int64] {
+            var ids: [Int64] = []
+            for i in 0..<count {
+                var message = MessageRecord(category: "report", rcptTo: #"["r@example.com"]"#, subject: "m\(i)")
+                message.tenant = tenant
+                message.textBody = "x"
+                ids.append(try await store.enqueue(message, attachments: []))
+            }
+            return ids
+        }
+
+        func rows(_ ids: [Int64]) async throws -> [MessageRecord] {
+            let wanted = Set(ids)
+            return try await store.messages(status: nil, tenant: nil, limit: 10_000)
+                .filter { wanted.contains($0.id ?? -1) }
+                .sorted { ($0.id ?? 0) < ($1.id ?? 0) }
+        }
+
+        func attempts(_ id: Int64) async throws -> [AttemptRecord] {
+            try await store.message(id: id)?.1 ?? []
+        }
+
+        /// Runs the dispatcher until `body` returns, then shuts it down gracefully, as SIGTERM would.
+        /// On an executor of its own: the other suites' subprocess tests block the two threads of
+        /// the cooperative pool for seconds at a time, which the daemon itself never has to share.
+        func running(_ body: @Sendable () async throws -> Void) async throws {
+            let dispatcher = try Dispatcher(
+                settings: settings, store: store, secrets: nil, logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }),
+                transport: transport)
+            try await withTaskExecutorPreference(EngineExecutor.shared) {
+                try await testGracefulShutdown { trigger in
+                    try await withThrowingTaskGroup(of: Void.self) { group in
+                        group.addTask { try await dispatcher.run() }
+                        try await body()
+                        trigger.triggerGracefulShutdown()
+                        try await group.waitForAll()
+                    }
+                }
+            }
+        }
+
+        /// Polls a condition on the queue (async reads: the cooperative pool has two threads here).
+        func until(_ timeout: Double = 10, _ condition: @escaping @Sendable (Engine) async throws -> Bool) async throws -> Bool {
+            let deadline = Date().addingTimeInterval(timeout)
+            while Date() < deadline {
+                if try await condition(self) { return true }
+                try await Task.sleep(for: .milliseconds(5))
+            }
+            return try await condition(self)
+        }
+
+        static func allSent(_ ids: [Int64]) -> @Sendable (Engine) async throws -> Bool {
+            { engine in try await engine.rows(ids).allSatisfy { $0.status == .sent } }
+        }
+    }
+
+    /// A fresh queue on `backend` for the length of `body`. On PostgreSQL the client's
+    /// connections run in a child task of `QueueBackends.with`, kept, like the dispatcher, on
+    /// an executor of its own.
+    func withEngine(_ backend: Backend, _ body: @Sendable (Engine) async throws -> Void) async throws {
+        var settings = MailrouteConfiguration()
         settings.platform.fromAddress = "platform@mailroute.test"
         settings.delivery.heloName = "mailroute.test"
         settings.delivery.retryInitialSeconds = 0.05
         settings.delivery.retryMaxSeconds = 0.05
         settings.dkim.keysDirectory = "/nonexistent"
-    }
-
-    @discardableResult
-    func addConfig(_ tenant: String = "acme", _ name: String = "main", maxConnections: Int? = nil, fallback: FallbackPolicy = .platform) throws -> SMTPConfigRecord {
-        var record = SMTPConfigRecord(tenant: tenant, name: name, host: "smtp.\(tenant).test", fromAddress: "\(name)@\(tenant).test")
-        record.maxConnections = maxConnections
-        record.fallback = fallback
-        return try store.insertConfig(record)
-    }
-
-    func enqueue(_ count: Int, tenant: String? = "acme") throws -> [Int64] {
-        try store.pool.write { db in
-            try (0..<count).map { i in
-                try db.execute(
-                    sql: "INSERT INTO messages (tenant, category, rcpt_to, subject, text_body) VALUES (?, 'report', '[\"r@example.com\"]', ?, 'x')",
-                    arguments: [tenant, "m\(i)"])
-                return db.lastInsertedRowID
+        let directory = Paths.temporaryDirectory("engine")
+        switch backend {
+        case .sqlite:
+            settings.queue.path = directory.appendingPathComponent("q.db").path
+        case .postgres:
+            let database = try PostgresTestServer.freshDatabaseSync()
+            let passwordFile = directory.appendingPathComponent("pg.password")
+            try database.psql.password.write(to: passwordFile, atomically: true, encoding: .utf8)
+            settings.queue.backend = .postgres
+            settings.queue.url = database.url
+            settings.queue.passwordFile = passwordFile.path
+        }
+        let transport = FakeTransport()
+        try await withTaskExecutorPreference(EngineExecutor.shared) { [settings] in
+            try await QueueBackends.with(settings.queue, logger: PostgresTestServer.logger) { store in
+                try await body(Engine(store: store, transport: transport, settings: settings))
             }
         }
     }
 
-    func rows(_ ids: [Int64]) throws -> [MessageRecord] {
-        try store.pool.read { db in try MessageRecord.filter(ids.contains(MessageRecord.Columns.id)).order(Column("id")).fetchAll(db) }
+    @Test(arguments: [Backend.sqlite, .postgres])
+    func aTenantsMailLeavesThroughItsPoolAndTheRunEndsOnShutdown(_ backend: Backend) async throws {
+        try await withEngine(backend) { e in
+            try await e.addConfig()
+            let ids = try await e.enqueue(20)
+            try await e.running {
+                let done = try await e.until(10, Engine.allSent(ids))
+                #expect(done)
+            }
+            #expect(e.transport.sends(to: "acme/main").count == 20)
+            #expect(e.transport.sends(to: "platform").isEmpty)
+            let row = try #require(try await e.rows(ids).first)
+            #expect(row.route == .default)
+            #expect(row.smtpResponse == "250 2.0.0 Ok: queued as FAKE")
+        }
     }
 
-    /// Runs the dispatcher until `body` returns, then shuts it down gracefully, as SIGTERM would.
-    /// On an executor of its own: the other suites' subprocess tests block the two threads of
-    /// the cooperative pool for seconds at a time, which the daemon itself never has to share.
-    func running(_ body: @Sendable () async throws -> Void) async throws {
-        let dispatcher = try Dispatcher(
-            settings: settings, store: store, secrets: nil, logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }),
-            transport: transport)
-        try await withTaskExecutorPreference(EngineExecutor.shared) {
-            try await testGracefulShutdown { trigger in
-                try await withThrowingTaskGroup(of: Void.self) { group in
-                    group.addTask { try await dispatcher.run() }
-                    try await body()
-                    trigger.triggerGracefulShutdown()
-                    try await group.waitForAll()
+    @Test(arguments: [Backend.sqlite, .postgres])
+    func aLoginRefusedTripsOnceAndTheRestGoStraightToTheRelay(_ backend: Backend) async throws {
+        try await withEngine(backend) { e in
+            try await e.addConfig(maxConnections: 1)
+            e.transport.set("acme/main", .fail(DeliveryError(kind: .authFailed, smtpCode: 535, text: "535 5.7.8 no", isTemporary: false)))
+            let ids = try await e.enqueue(5)
+            try await e.running {
+                let done = try await e.until(10, Engine.allSent(ids))
+                #expect(done)
+            }
+            #expect(try await e.rows(ids).allSatisfy { $0.route == .fallback })
+            // A pool of one: the first try trips it; what was claimed beside it may have tried too.
+            #expect(e.transport.sends(to: "acme/main").count <= 2)
+            #expect(e.transport.sends(to: "platform").count == 5)
+            let config = try #require(try await e.store.config(tenant: "acme", name: "main"))
+            #expect(config.status == .error)
+            #expect(config.errorKind == .authFailed)
+            #expect(config.nextProbeAt != nil, "a first probe is scheduled")
+            let attempts = try await e.attempts(ids[0])
+            #expect(attempts.map(\.outcome) == [.fallback, .sent])
+        }
+    }
+
+    @Test(arguments: [Backend.sqlite, .postgres])
+    func silenceTripsOnlyAfterTheBreakerCount(_ backend: Backend) async throws {
+        try await withEngine(backend) { e in
+            try await e.addConfig(maxConnections: 1)
+            let silence = DeliveryError(kind: .connectTimeout, text: "Operation timed out after 15000 milliseconds with 0 bytes received", isTemporary: true)
+            e.transport.set("acme/main", .failThenAccept(silence, times: 2))
+            let ids = try await e.enqueue(1)
+            try await e.running {
+                let done = try await e.until(10, Engine.allSent(ids))
+                let row = try await e.rows(ids).first
+                #expect(done, "\(String(describing: row?.status)) attempts \(row?.attempts ?? -1) next \((row?.nextAttemptAt ?? 0) - Date().timeIntervalSince1970) lease \(String(describing: row?.leaseUntil)) sends \(e.transport.recorded.count)")
+            }
+            #expect(try await e.rows(ids).first?.route == .default, "two timeouts of three do not trip")
+            #expect(try await e.store.config(tenant: "acme", name: "main")?.status == .verified)
+            #expect(e.transport.sends(to: "platform").isEmpty)
+        }
+    }
+
+    @Test(arguments: [Backend.sqlite, .postgres])
+    func gracefulShutdownFinishesTheSendInHandAndGivesBackTheRest(_ backend: Backend) async throws {
+        try await withEngine(backend) { e in
+            try await e.addConfig(maxConnections: 1)
+            e.transport.set("acme/main", .hold)
+            let ids = try await e.enqueue(5)
+            let transport = e.transport
+            try await e.running {
+                let deadline = Date().addingTimeInterval(10)
+                while transport.holding < 1 && Date() < deadline { try await Task.sleep(for: .milliseconds(5)) }
+                let done = transport.holding >= 1
+                #expect(done)
+                // Shutdown begins while the sends are held; they are let go a moment later.
+                Task {
+                    try await Task.sleep(for: .milliseconds(100))
+                    transport.release()
                 }
             }
+            let statuses = try await e.rows(ids).map(\.status)
+            #expect(statuses.filter { $0 == .sent }.count == transport.sends(to: "acme/main").count)
+            #expect(statuses.allSatisfy { $0 == .sent || $0 == .queued }, "nothing left sending: \(statuses)")
+            #expect(statuses.contains(.sent))
         }
-    }
-
-    /// Polls a condition on the queue (async reads: the cooperative pool has two threads here).
-    func until(_ timeout: Double = 10, _ condition: @escaping @Sendable (Database) throws -> Bool) async throws -> Bool {
-        let deadline = Date().addingTimeInterval(timeout)
-        while Date() < deadline {
-            if try await store.pool.read(condition) { return true }
-            try await Task.sleep(for: .milliseconds(5))
-        }
-        return try await store.pool.read(condition)
-    }
-
-    static func allSent(_ ids: [Int64]) -> @Sendable (Database) throws -> Bool {
-        { db in try MessageRecord.filter(ids.contains(MessageRecord.Columns.id)).filter(Column("status") != "sent").fetchCount(db) == 0 }
-    }
-
-    @Test func aTenantsMailLeavesThroughItsPoolAndTheRunEndsOnShutdown() async throws {
-        try addConfig()
-        let ids = try enqueue(20)
-        try await running {
-            let done = try await until(10, Self.allSent(ids))
-            #expect(done)
-        }
-        #expect(transport.sends(to: "acme/main").count == 20)
-        #expect(transport.sends(to: "platform").isEmpty)
-        let row = try #require(try rows(ids).first)
-        #expect(row.route == .default)
-        #expect(row.smtpResponse == "250 2.0.0 Ok: queued as FAKE")
-    }
-
-    @Test func aLoginRefusedTripsOnceAndTheRestGoStraightToTheRelay() async throws {
-        try addConfig(maxConnections: 1)
-        transport.set("acme/main", .fail(DeliveryError(kind: .authFailed, smtpCode: 535, text: "535 5.7.8 no", isTemporary: false)))
-        let ids = try enqueue(5)
-        try await running {
-            let done = try await until(10, Self.allSent(ids))
-            #expect(done)
-        }
-        #expect(try rows(ids).allSatisfy { $0.route == .fallback })
-        // A pool of one: the first try trips it; what was claimed beside it may have tried too.
-        #expect(transport.sends(to: "acme/main").count <= 2)
-        #expect(transport.sends(to: "platform").count == 5)
-        let config = try #require(try store.config(tenant: "acme", name: "main"))
-        #expect(config.status == .error)
-        #expect(config.errorKind == .authFailed)
-        #expect(config.nextProbeAt != nil, "a first probe is scheduled")
-        let attempts = try await store.pool.read { db in try AttemptRecord.filter(Column("message_id") == ids[0]).order(Column("attempt")).fetchAll(db) }
-        #expect(attempts.map(\.outcome) == [.fallback, .sent])
-    }
-
-    @Test func silenceTripsOnlyAfterTheBreakerCount() async throws {
-        try addConfig(maxConnections: 1)
-        let silence = DeliveryError(kind: .connectTimeout, text: "Operation timed out after 15000 milliseconds with 0 bytes received", isTemporary: true)
-        transport.set("acme/main", .failThenAccept(silence, times: 2))
-        let ids = try enqueue(1)
-        try await running {
-            let done = try await until(10, Self.allSent(ids))
-            let row = try rows(ids).first
-            #expect(done, "\(String(describing: row?.status)) attempts \(row?.attempts ?? -1) next \((row?.nextAttemptAt ?? 0) - Date().timeIntervalSince1970) lease \(String(describing: row?.leaseUntil)) sends \(transport.recorded.count)")
-        }
-        #expect(try rows(ids).first?.route == .default, "two timeouts of three do not trip")
-        #expect(try store.config(tenant: "acme", name: "main")?.status == .verified)
-        #expect(transport.sends(to: "platform").isEmpty)
-    }
-
-    @Test func gracefulShutdownFinishesTheSendInHandAndGivesBackTheRest() async throws {
-        try addConfig(maxConnections: 1)
-        transport.set("acme/main", .hold)
-        let ids = try enqueue(5)
-        let transport = self.transport
-        try await running {
-            let deadline = Date().addingTimeInterval(10)
-            while transport.holding < 1 && Date() < deadline { try await Task.sleep(for: .milliseconds(5)) }
-            let done = transport.holding >= 1
-            #expect(done)
-            // Shutdown begins while the sends are held; they are let go a moment later.
-            Task {
-                try await Task.sleep(for: .milliseconds(100))
-                transport.release()
-            }
-        }
-        let statuses = try rows(ids).map(\.status)
-        #expect(statuses.filter { $0 == .sent }.count == transport.sends(to: "acme/main").count)
-        #expect(statuses.allSatisfy { $0 == .sent || $0 == .queued }, "nothing left sending: \(statuses)")
-        #expect(statuses.contains(.sent))
     }
 }
 

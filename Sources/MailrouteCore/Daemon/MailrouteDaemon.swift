@@ -15,7 +15,7 @@ public struct MailrouteDaemon: Sendable {
     }
 
     public func run() async throws {
-        try await QueueBackends.with(settings.queue, logger: logger) { store in try await run(store) }
+        try await QueueBackends.with(settings.queue, logger: logger, daemon: true) { store in try await run(store) }
     }
 
     private func run(_ store: any QueueBackend) async throws {

@@ -38,15 +38,13 @@ public actor Dispatcher: Service {
     /// Shared queue: the last time this daemon's leases were renewed, and whether the
     /// database has been unreachable since (said once in the log and in STATUS).
     private var lastRenewal: Double
-    private var lostDatabaseSince: Double?
+    private var database = DatabaseHealth()
     private var renewing = false
     /// Configurations whose idle pools were closed: the next claim gives them up.
     private var givenUp: Set<Int64> = []
     /// Configurations this daemon is handing over (it holds more than its share): no more
     /// claims for them; once their pool is empty it closes and they are given up.
     private var leaving: Set<Int64> = []
-    /// The last queue error logged, so a database that stays away is not logged every second.
-    private var lastCycleError: (text: String, at: Double)?
 
     public init(
         settings: MailrouteConfiguration, store: any QueueBackend, secrets: SecretBox?, logger: Logger,
@@ -154,11 +152,6 @@ public actor Dispatcher: Service {
         }
     }
 
-    /// While draining, claims for pools that have room again are at least this far apart, so
-    /// that one transaction takes what several finished sends freed (with 1,000 pools of one
-    /// message per connection, a claim per finished send cost 7 % of the rate).
-    static let claimSpacing = 0.001
-
     private func loop(wakeups: any QueueWakeups, group: inout DiscardingTaskGroup) async {
         var lastCycle = 0.0
         var nextDue: Double? = nil
@@ -178,13 +171,13 @@ public actor Dispatcher: Service {
             // Commits by anyone (enqueuers, the CLI, our own results) show in data_version;
             // time-based work shows in nextDue; the poll interval is only a safety net. While
             // draining, a claim waits until a pool has room again (`PoolRegistry.wantsWork`) and
-            // at least `claimSpacing` since the last, so one transaction claims several messages
+            // at least `pacing.claimSpacing` since the last, so one transaction claims several messages
             // instead of one per finished send; due rows still waiting for admission do not wait
             // for room.
             let changed = wakeups.changed()
             let due = changed || t >= (nextDue ?? .infinity) || t - lastCycle >= settings.queue.pollIntervalSeconds
-            let spaced = t - lastCycle >= Self.claimSpacing
-            if due && (!draining || admitting || (spaced && pools.wantsWork()) || t - lastCycle >= settings.queue.pollIntervalSeconds) {
+            let spaced = t - lastCycle >= store.pacing.claimSpacing
+            if due && database.mayTry(at: t) && (!draining || admitting || (spaced && pools.wantsWork()) || t - lastCycle >= settings.queue.pollIntervalSeconds) {
                 lastCycle = t
                 do {
                     // Idle, a cheap read first: no write transaction when nothing is due.
@@ -210,15 +203,16 @@ public actor Dispatcher: Service {
                         (draining, admitting) = (false, false)
                         nextDue = try await store.nextDueTime()
                     }
+                    databaseAnswered(now: t)
                 } catch {
                     (draining, admitting) = (false, false)
-                    cycleFailed(error, now: t)
+                    databaseFailed(error, now: t)
                 }
                 wakeups.setQuiet(draining)
             }
             if t - lastHousekeeping >= 1 {
                 lastHousekeeping = t
-                try? await refreshRouting()
+                if database.mayTry(at: t) { try? await refreshRouting() }
                 housekeeping(now: t, group: &group)
             }
             // A retired pool stops taking work; its sends in hand finish, then it QUITs.
@@ -233,13 +227,26 @@ public actor Dispatcher: Service {
         }
     }
 
-    /// Logged when the error changes, or once a minute while it stays: a database that is
-    /// away for an hour must not write 3,600 lines.
-    private func cycleFailed(_ error: Error, now t: Double) {
-        let text = "\(error)"
-        if let last = lastCycleError, last.text == text, t - last.at < 60 { return }
-        lastCycleError = (text, t)
-        logger.error("queue cycle failed; retrying", metadata: ["error": "\(text)"])
+    /// Said once when the database stops answering (log and STATUS), then once a minute: a
+    /// database away for an hour must not write 3,600 lines.
+    private func databaseFailed(_ error: Error, now t: Double) {
+        switch database.failed(at: t) {
+        case .lost:
+            logger.error("queue database unreachable; sends in hand go on, retrying", metadata: ["error": "\(error)"])
+            notifier.status("queue database unreachable; retrying")
+        case .stillLost:
+            logger.error("queue database still unreachable; retrying", metadata: [
+                "error": "\(error)", "down_for": "\(Self.seconds(t - (database.lostSince ?? t)))s",
+            ])
+        case .quiet:
+            break
+        }
+    }
+
+    private func databaseAnswered(now t: Double) {
+        if let away = database.answered(at: t) {
+            logger.notice("queue database reachable again", metadata: ["down_for": "\(Self.seconds(away))s"])
+        }
     }
 
     /// The configurations as committed (the store re-reads them only after a change), and
@@ -401,12 +408,12 @@ public actor Dispatcher: Service {
             lastStatus = t
             let store = self.store, notifier = self.notifier
             let inError = routing.configs.values.filter { $0.status == .error }.count
-            let lost = lostDatabaseSince.map { Int(t - $0) }
+            let lost = database.lostSince.map { Int(t - $0) }
             group.addTask {
                 if let counts = try? await store.counts(now: t) {
                     notifier.status("queued \(counts.queued), deferred \(counts.deferred), sending \(counts.sending), sent last minute \(counts.sentLastMinute), configurations in error \(inError)")
                 } else if let lost {
-                    notifier.status("database unreachable for \(lost) s; retrying")
+                    notifier.status("queue database unreachable for \(lost) s; retrying")
                 }
             }
         }
@@ -471,19 +478,12 @@ public actor Dispatcher: Service {
                 ])
             }
         }
-        if let since = lostDatabaseSince {
-            lostDatabaseSince = nil
-            logger.notice("database reachable again", metadata: ["down_for": "\(Self.seconds(t - since))s"])
-        }
+        databaseAnswered(now: t)
     }
 
     private func renewalFailed(at t: Double, error: Error) {
         renewing = false
-        if lostDatabaseSince == nil {
-            lostDatabaseSince = t
-            logger.error("database unreachable; sends in hand go on, retrying", metadata: ["error": "\(error)"])
-            notifier.status("database unreachable; retrying")
-        }
+        databaseFailed(error, now: t)
         // Two renewals missed: before the lease runs out, no connection of ours may remain.
         if t - lastRenewal >= 2 * renewalSeconds {
             let closing = pools.retireAll()

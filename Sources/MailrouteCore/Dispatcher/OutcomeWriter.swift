@@ -5,8 +5,6 @@ actor OutcomeWriter {
     private let store: any QueueBackend
     private var pending: [(claim: ClaimedMessage, outcome: DeliveryOutcome, done: CheckedContinuation<Void, Error>?)] = []
     private var flushing = false
-    /// The pause between commits while outcomes keep coming.
-    static let gap = Duration.milliseconds(2)
 
     init(store: any QueueBackend) {
         self.store = store
@@ -31,10 +29,9 @@ actor OutcomeWriter {
                 for item in batch { item.done?.resume(throwing: error) }
             }
             first = false
-            // Whatever arrived during that commit goes in the next one, a moment later: back to
-            // back, our commits held the write lock nearly all the time while draining, and an
-            // enqueuer (whose busy handler sleeps 1, 2, 5, 10 ms between tries) seldom got it.
-            if !pending.isEmpty { try? await Task.sleep(for: Self.gap) }
+            // Whatever arrived during that commit goes in the next one, a moment later
+            // (`QueuePacing.commitGap`: the enqueuers' turn at SQLite's lock, fuller batches on a server).
+            if !pending.isEmpty { try? await Task.sleep(for: store.pacing.commitGap) }
             batch = pending
             pending.removeAll()
         }

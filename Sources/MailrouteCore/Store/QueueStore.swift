@@ -55,6 +55,7 @@ public final class QueueStore: QueueBackend {
     public var location: String { path }
     /// One daemon per database file (SQLite's locks do not reach across hosts).
     public var isShared: Bool { false }
+    public var pacing: QueuePacing { .local }
     public func shutdown() async {}
 
     /// Names of the migrations applied, oldest first.
@@ -212,7 +213,8 @@ public final class QueueStore: QueueBackend {
     /// Records a verification's or delivery's verdict on a configuration, unless its connection
     /// settings changed meanwhile (the result is about settings that no longer exist). Going
     /// into `error` schedules the first probe at `firstProbeAt`; staying in error keeps the
-    /// schedule; leaving it clears the schedule. Returns whether the row changed.
+    /// schedule; leaving it clears the schedule. Returns whether the row changed (the same
+    /// verdict again changes nothing: every delivery that finds a configuration verified says so).
     @discardableResult
     public func recordConfigStatus(
         id: Int64, settingsVersion: Int, status: ConfigStatus, errorKind: ConfigErrorKind?, errorText: String?,
@@ -241,6 +243,7 @@ public final class QueueStore: QueueBackend {
                                          ELSE :probe END,
                     probe_failures = CASE WHEN :status = 'error' AND status = 'error' THEN probe_failures ELSE 0 END
                 WHERE id = :id AND settings_version = :version
+                  AND NOT (status = :status AND error_kind IS :kind AND error_text IS :text)
                 """,
             arguments: [
                 "status": status.rawValue, "kind": errorKind?.rawValue, "text": errorText,

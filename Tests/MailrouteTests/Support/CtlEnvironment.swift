@@ -1,18 +1,55 @@
 import Foundation
+import Testing
+
 @testable import MailrouteCore
+
+/// Where a test's queue lives.
+enum Backend: String, Sendable, CaseIterable, CustomTestStringConvertible {
+    /// A file beside the config (`queue.db`).
+    case sqlite
+    /// A fresh database of its own on the test PostgreSQL server (`PostgresTestServer`).
+    case postgres
+
+    var testDescription: String { rawValue }
+}
 
 /// A private config file, key and queue database for one test, and a way to run
 /// `mailroutectl` against them as an operator would.
 struct CtlEnvironment {
     let directory: URL
+    let backend: Backend
+    /// `.postgres`: the `[queue] url` (no password) and a `psql` on the test's database.
+    let postgresURL: String?
+    let psql: PSQL?
     var configPath: String { directory.appendingPathComponent("mailroute.toml").path }
     var databasePath: String { directory.appendingPathComponent("queue.db").path }
     var keyPath: String { directory.appendingPathComponent("mailroute.key").path }
 
     /// - Parameters:
     ///   - delivery: extra `[delivery]` keys, as TOML lines.
-    init(platformPort: Int = 2525, delivery: [String] = [], queue: [String] = [], extraTOML: String = "", generateKey: Bool = true) throws {
+    ///   - queue: extra `[queue]` keys, as TOML lines.
+    init(
+        backend: Backend = .sqlite, platformPort: Int = 2525, delivery: [String] = [], queue: [String] = [], extraTOML: String = "",
+        generateKey: Bool = true, postgres: PostgresTestServer.Server? = nil
+    ) throws {
         directory = Paths.temporaryDirectory("ctl")
+        self.backend = backend
+        let queueLocation: String
+        switch backend {
+        case .sqlite:
+            (postgresURL, psql) = (nil, nil)
+            queueLocation = #"path = "queue.db""#
+        case .postgres:
+            let database = try PostgresTestServer.freshDatabaseSync(on: postgres)
+            (postgresURL, psql) = (database.url, database.psql)
+            let passwordFile = directory.appendingPathComponent("pg.password")
+            try (database.psql.password + "\n").write(to: passwordFile, atomically: true, encoding: .utf8)
+            queueLocation = """
+                backend = "postgres"
+                url = "\(database.url)"
+                password_file = "pg.password"
+                """
+        }
         var deliveryKeys = ["helo_name": "\"mailroute.test\"", "connect_timeout_s": "5", "command_timeout_s": "5"]
         for line in delivery {
             let parts = line.split(separator: "=", maxSplits: 1).map { $0.trimmingCharacters(in: .whitespaces) }
@@ -20,7 +57,7 @@ struct CtlEnvironment {
         }
         let toml = """
             [queue]
-            path = "queue.db"
+            \(queueLocation)
             \(queue.joined(separator: "\n"))
 
             [delivery]
@@ -42,6 +79,12 @@ struct CtlEnvironment {
             let result = try ctl("key", "generate")
             guard result.status == 0 else { throw CtlError.setupFailed(result.output) }
         }
+        if backend == .postgres {
+            // The schema, as the daemon or any command would leave it: the tests' enqueuers
+            // (`DaemonProcess`) INSERT before either has run.
+            let result = try ctl("migrate")
+            guard result.status == 0 else { throw CtlError.setupFailed(result.output) }
+        }
     }
 
     @discardableResult
@@ -58,8 +101,21 @@ struct CtlEnvironment {
         try MailrouteConfiguration(contentsOfFile: configPath)
     }
 
+    /// The SQLite queue file (`.sqlite` only).
     func store() throws -> QueueStore {
-        try QueueStore(path: databasePath)
+        precondition(backend == .sqlite, "store() opens the SQLite file; use withStore on \(backend)")
+        return try QueueStore(path: databasePath)
+    }
+
+    /// The queue on either backend, through the store seam, for the length of `body`: on
+    /// PostgreSQL a client whose connections close when `body` returns.
+    func withStore<T>(_ body: (any QueueBackend) async throws -> T) async throws -> T {
+        switch backend {
+        case .sqlite:
+            return try await body(try store())
+        case .postgres:
+            return try await QueueBackends.with(try settings().queue, logger: PostgresTestServer.logger, body)
+        }
     }
 
     /// `--json` output decoded as a dictionary.

@@ -73,9 +73,10 @@ final class DaemonProcess: @unchecked Sendable {
     private static let queueLock = NSLock()
     nonisolated(unsafe) private static var queues: [String: DatabaseQueue] = [:]
 
-    /// One plain connection per database, as an enqueuer would hold.
+    /// One plain connection per database, as an enqueuer would hold (`.sqlite`; `psql` on PostgreSQL).
     var db: DatabaseQueue {
-        Self.queueLock.withLock {
+        precondition(env.backend == .sqlite, "db is the SQLite file; use psql on \(env.backend)")
+        return Self.queueLock.withLock {
             if let q = Self.queues[env.databasePath] { return q }
             _ = try! QueueStore(path: env.databasePath)  // migrated, as the daemon would leave it
             var configuration = Configuration()
@@ -86,6 +87,12 @@ final class DaemonProcess: @unchecked Sendable {
         }
     }
 
+    /// The test's PostgreSQL database through `psql`, as an enqueuer on that backend (`.postgres` only).
+    var psql: PSQL {
+        guard let psql = env.psql else { preconditionFailure("\(env.backend) has no psql") }
+        return psql
+    }
+
     @discardableResult
     func enqueue(
         tenant: String? = "acme", to: [String] = ["rcpt@example.com"], subject: String = "Hello", text: String? = "Body",
@@ -93,7 +100,21 @@ final class DaemonProcess: @unchecked Sendable {
         mailFrom: String? = nil, sendAt: Double? = nil, expiresAt: Double? = nil, cc: [String]? = nil,
         headers: String? = nil
     ) throws -> Int64 {
-        try db.write { db in
+        if env.backend == .postgres {
+            var s = PSQL.Script()
+            s.append(
+                """
+                INSERT INTO messages (tenant, category, rcpt_to, cc, subject, text_body, html_body, priority, advertiser, cname,
+                                      mail_from, send_at, expires_at, headers)
+                VALUES (\(s.text(tenant)), \(s.text(category)), \(s.text(jsonArray(to))), \(s.text(cc.map(jsonArray))),
+                        \(s.text(subject)), \(s.text(text)), \(s.text(html)), \(s.number(priority)), \(s.text(advertiser)),
+                        \(s.text(cname)), \(s.text(mailFrom)), \(s.number(sendAt)), \(s.number(expiresAt)), \(s.text(headers)))
+                RETURNING id;
+
+                """)
+            return try psql.int64(s)
+        }
+        return try db.write { db in
             try db.execute(
                 sql: """
                     INSERT INTO messages (tenant, category, rcpt_to, cc, subject, text_body, html_body, priority, advertiser, cname,
@@ -110,6 +131,21 @@ final class DaemonProcess: @unchecked Sendable {
 
     /// `count` plain messages for `acme` in one transaction, subjects `prefix N`, as a burst from a service.
     func enqueueMany(_ count: Int, subject prefix: String, priority: Int? = nil, category: String = "report") throws {
+        if env.backend == .postgres {
+            var s = PSQL.Script("BEGIN;\n")
+            let categoryLiteral = s.text(category)
+            for i in 0..<count {
+                s.append(
+                    """
+                    INSERT INTO messages (tenant, category, rcpt_to, subject, text_body, priority)
+                    VALUES ('acme', \(categoryLiteral), '["r@example.com"]', \(s.text("\(prefix) \(i)")), 'x', \(s.number(priority)));
+
+                    """)
+            }
+            s.append("COMMIT;\n")
+            try psql.run(s)
+            return
+        }
         try db.write { db in
             for i in 0..<count {
                 try db.execute(
@@ -120,17 +156,29 @@ final class DaemonProcess: @unchecked Sendable {
     }
 
     func row(_ id: Int64) throws -> MessageRecord {
-        try db.read { db in try MessageRecord.fetchOne(db, key: id)! }
+        if env.backend == .postgres {
+            guard let row = try psql.message(id) else { throw DaemonError.noSuchRow(id) }
+            return row
+        }
+        return try db.read { db in try MessageRecord.fetchOne(db, key: id)! }
+    }
+
+    /// The row, or nil once it is gone (purged).
+    func rowIfPresent(_ id: Int64) throws -> MessageRecord? {
+        if env.backend == .postgres { return try psql.message(id) }
+        return try db.read { db in try MessageRecord.fetchOne(db, key: id) }
     }
 
     func attempts(_ id: Int64) throws -> [AttemptRecord] {
-        try db.read { db in
+        if env.backend == .postgres { return try psql.attempts(id) }
+        return try db.read { db in
             try AttemptRecord.filter(Column("message_id") == id).order(Column("attempt")).fetchAll(db)
         }
     }
 
     func count(status: MessageStatus) throws -> Int {
-        try db.read { db in try MessageRecord.filter(Column("status") == status.rawValue).fetchCount(db) }
+        if env.backend == .postgres { return try psql.count(status: status) }
+        return try db.read { db in try MessageRecord.filter(Column("status") == status.rawValue).fetchCount(db) }
     }
 
     /// Waits (bounded) until the row reaches one of `statuses`; returns it either way.
@@ -141,7 +189,11 @@ final class DaemonProcess: @unchecked Sendable {
     }
 
     func config(_ tenant: String, _ name: String) throws -> SMTPConfigRecord {
-        try env.store().config(tenant: tenant, name: name)!
+        if env.backend == .postgres {
+            guard let config = try psql.config(tenant: tenant, name: name) else { throw DaemonError.noSuchConfig("\(tenant)/\(name)") }
+            return config
+        }
+        return try env.store().config(tenant: tenant, name: name)!
     }
 }
 
@@ -151,4 +203,6 @@ func jsonArray(_ list: [String]) -> String {
 
 enum DaemonError: Error {
     case didNotStart(String)
+    case noSuchRow(Int64)
+    case noSuchConfig(String)
 }

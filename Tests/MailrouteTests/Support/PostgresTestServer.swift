@@ -28,19 +28,46 @@ enum PostgresTestServer {
     /// Started at most once, whichever test gets here first, on a thread of its own: waiting
     /// for `pg-cluster` on a cooperative thread (two here) while another test waited for the
     /// same start left no thread to notice the script had ended.
-    private static let server = Task<Server, any Error> {
+    private static let startedInBackground = Task<Server, any Error> {
         try await withCheckedThrowingContinuation { done in
-            Thread { done.resume(with: Result { try startOrFind() }) }.start()
+            Thread { done.resume(with: Result { try server() }) }.start()
         }
     }
 
-    /// Set once, before atexit can read it, by the only initializer of `server`.
+    private static let startLock = NSLock()
+    /// Set once, under `startLock`, by the first caller of `server()`.
+    nonisolated(unsafe) private static var started: Result<Server, any Error>?
+
+    /// The server, started (or found) on the caller's thread the first time: for synchronous
+    /// callers (`CtlEnvironment`). Starting blocks only on `pg-cluster` (posix_spawn and
+    /// waitpid), never on another task, so it is safe wherever it is called.
+    static func server() throws -> Server {
+        try startLock.withLock {
+            if let started { return try started.get() }
+            let result = Result { try startOrFind() }
+            started = result
+            return try result.get()
+        }
+    }
+
+    /// A new, empty database owned by the test role, made synchronously with `psql`; the
+    /// `[queue] url` naming it (without password, `sslmode=disable`) and a `psql` for it.
+    static func freshDatabaseSync(on given: Server? = nil) throws -> (url: String, psql: PSQL) {
+        let server = try given ?? server()
+        let name = "t_" + UUID().uuidString.lowercased().replacingOccurrences(of: "-", with: "").prefix(24)
+        let admin = PSQL(host: server.host, port: server.port, user: server.user, password: server.password, database: "postgres")
+        _ = try admin.run(#"CREATE DATABASE \#(name) OWNER "\#(server.user)";"#)
+        let psql = PSQL(host: server.host, port: server.port, user: server.user, password: server.password, database: String(name))
+        return ("postgres://\(server.user)@\(server.host):\(server.port)/\(name)?sslmode=disable", psql)
+    }
+
+    /// Set once, before atexit can read it, by the only caller of `startOrFind` (under `startLock`).
     nonisolated(unsafe) private static var ownCluster: String?
 
-    private static var script: String { Paths.packageRoot.appendingPathComponent("scripts/pg-cluster").path }
+    static var script: String { Paths.packageRoot.appendingPathComponent("scripts/pg-cluster").path }
 
     static func shared() async throws -> (host: String, port: Int, user: String, password: String) {
-        let server = try await server.value
+        let server = try await startedInBackground.value
         return (server.host, server.port, server.user, server.password)
     }
 
@@ -117,7 +144,7 @@ enum PostgresTestServer {
     /// `bash ARGS…` to completion with posix_spawn and waitpid: Foundation's `Process` never
     /// saw `pg-cluster` end here (it was left a zombie, unreaped, and the tests hung), perhaps
     /// because of what `runuser` does with the session; waitpid on its own pid cannot miss it.
-    private static func spawnAndWait(_ arguments: [String]) throws -> ProcessResult {
+    static func spawnAndWait(_ arguments: [String]) throws -> ProcessResult {
         let dir = Paths.temporaryDirectory("pg-cluster")
         defer { try? FileManager.default.removeItem(at: dir) }
         let out = dir.appendingPathComponent("stdout").path, err = dir.appendingPathComponent("stderr").path
@@ -145,5 +172,33 @@ enum PostgresTestServer {
             throw Failure(description: "MAILROUTE_TEST_PG_URL is not a PostgreSQL URL: \(url)")
         }
         return Server(host: host, port: components.port ?? 5432, user: components.user ?? "mailroute", password: password)
+    }
+}
+
+/// A PostgreSQL of one test's own, for what the shared one must not suffer (being stopped).
+final class PrivateCluster: @unchecked Sendable {
+    let directory = "/tmp/mailroute-test-pg-own-\(getpid())-\(UUID().uuidString.prefix(8))"
+    let port = closedPort()
+    let server: PostgresTestServer.Server
+
+    init() throws {
+        let result = try PostgresTestServer.spawnAndWait([PostgresTestServer.script, "start", directory, "\(port)"])
+        guard result.status == 0 else { throw PostgresTestServer.Failure(description: "pg-cluster start: \(result.output)") }
+        server = .init(host: "127.0.0.1", port: port, user: "mailroute", password: "mailroute-test")
+    }
+
+    /// The server stops; its data stays.
+    func pause() throws {
+        let result = try PostgresTestServer.spawnAndWait([PostgresTestServer.script, "pause", directory])
+        guard result.status == 0 else { throw PostgresTestServer.Failure(description: "pg-cluster pause: \(result.output)") }
+    }
+
+    func resume() throws {
+        let result = try PostgresTestServer.spawnAndWait([PostgresTestServer.script, "start", directory, "\(port)"])
+        guard result.status == 0 else { throw PostgresTestServer.Failure(description: "pg-cluster start: \(result.output)") }
+    }
+
+    func stop() {
+        _ = try? PostgresTestServer.spawnAndWait([PostgresTestServer.script, "stop", directory])
     }
 }

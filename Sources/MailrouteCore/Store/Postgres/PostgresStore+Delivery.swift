@@ -6,28 +6,31 @@ extension PostgresStore {
     // MARK: - Claiming
 
     public func hasWork(now: Double) async throws -> Bool {
-        let rows = try await client.query(
+        let rows = try await query(
             """
             SELECT EXISTS (SELECT 1 FROM messages WHERE effective_priority IS NULL AND status = 'queued'
                                                     AND coalesce(send_at, created_at) <= \(now))
                 OR EXISTS (SELECT 1 FROM messages WHERE status = 'queued' AND effective_priority IS NOT NULL)
                 OR EXISTS (SELECT 1 FROM messages WHERE status = 'deferred' AND next_attempt_at <= \(now))
                 OR EXISTS (SELECT 1 FROM messages WHERE status = 'sending' AND lease_until < \(now))
-            """, logger: logger)
+            """)
         for try await row in rows { return try row.decode(Bool.self) }
         return false
     }
 
     public func nextDueTime() async throws -> Double? {
-        let rows = try await client.query(
+        let rows = try await query(
             """
             SELECT least(
                 (SELECT min(next_attempt_at) FROM messages WHERE status = 'deferred'),
                 (SELECT min(coalesce(send_at, created_at)) FROM messages WHERE effective_priority IS NULL AND status = 'queued'))
-            """, logger: logger)
+            """)
         for try await row in rows { return try row.decode(Double?.self) }
         return nil
     }
+
+    /// How deep into the line of ready rows a claim looks for rows it may take.
+    static let scanWindow = 5000
 
     /// An admitted row's routing, written back in one statement for the whole slice.
     private struct AdmissionUpdate: Encodable {
@@ -129,10 +132,16 @@ extension PostgresStore {
 
             var chooser = ClaimPlan.Chooser(plan: plan)
             var chosen: [(id: Int64, resolution: RouteResolution)] = []
+            // The head of the line, other daemons' rows left out. Read at most `scanWindow` rows
+            // deep: behind a backlog another daemon drives, a daemon whose own pools are idle
+            // otherwise walked every row of it in every claim (20,000 rows, many times a second).
             let candidates = try await db.query(
                 """
-                SELECT id, tenant, advertiser, cname, category FROM messages
-                WHERE status = 'queued' AND effective_priority IS NOT NULL AND NOT (coalesce(config_id, 0) = ANY(\(Array(plan.foreign))))
+                SELECT id, tenant, advertiser, cname, category FROM (
+                    SELECT id, tenant, advertiser, cname, category, config_id, effective_priority FROM messages
+                    WHERE status = 'queued' AND effective_priority IS NOT NULL
+                    ORDER BY effective_priority, id LIMIT \(Self.scanWindow)) head
+                WHERE NOT (coalesce(config_id, 0) = ANY(\(Array(plan.foreign))))
                 ORDER BY effective_priority, id LIMIT 500
                 """, logger: logger)
             for try await row in candidates {
@@ -284,7 +293,7 @@ extension PostgresStore {
                         refused_recipients: a.refusedRecipients, duration_s: a.durationS))
             }
         }
-        try await client.query(
+        try await query(
             """
             WITH tried AS (
                 INSERT INTO attempts (message_id, attempt, at, config_id, config_label, route, server, outcome, error_kind,
@@ -303,20 +312,20 @@ extension PostgresStore {
                 id bigint, token bigint, status text, tries integer, next double precision, config bigint, route text, kind text,
                 error text, response text, mid text, "sentAt" double precision)
             WHERE m.id = o.id AND m.claim_token IS NOT DISTINCT FROM o.token AND (m.status = 'sending' OR o.status = 'sent')
-            """, logger: logger)
+            """)
     }
 
     public func releaseLeases(_ claims: [ClaimedMessage]) async throws {
         guard !claims.isEmpty else { return }
-        try await client.query(
+        try await query(
             """
             UPDATE messages SET status = CASE WHEN attempts > 0 THEN 'deferred' ELSE 'queued' END, lease_until = NULL, lease_owner = NULL
             WHERE status = 'sending' AND id = ANY(\(claims.map(\.id))) AND lease_owner = \(me)
-            """, logger: logger)
+            """)
     }
 
     public func renewLeases(now: Double, until: Double) async throws -> ClusterShare? {
-        try await client.query(
+        try await query(
             """
             WITH rows AS (UPDATE messages SET lease_until = \(until) WHERE status = 'sending' AND lease_owner = \(me)),
                  owned AS (UPDATE config_owners SET lease_until = \(now + Self.ownershipSeconds(lease: until - now)) WHERE daemon = \(me)),
@@ -324,13 +333,13 @@ extension PostgresStore {
                  gone AS (DELETE FROM daemons WHERE seen_at < \(now - 600))
             INSERT INTO daemons (daemon, asleep, seen_at) VALUES (\(me), false, \(now))
             ON CONFLICT (daemon) DO UPDATE SET seen_at = excluded.seen_at
-            """, logger: logger)
-        let rows = try await client.query(
+            """)
+        let rows = try await query(
             """
             SELECT (SELECT count(*) FROM daemons WHERE seen_at >= \(now - Self.ownershipSeconds(lease: until - now))),
                    count(*), count(*) FILTER (WHERE daemon = \(me))
             FROM config_owners WHERE lease_until >= \(now)
-            """, logger: logger)
+            """)
         for try await row in rows {
             let (daemons, owned, mine) = try row.decode((Int, Int, Int).self)
             return ClusterShare(daemons: max(1, daemons), owned: owned, mine: mine)
@@ -339,16 +348,16 @@ extension PostgresStore {
     }
 
     public func releaseConnections() async throws {
-        try await client.query("DELETE FROM config_owners WHERE daemon = \(me)", logger: logger)
+        try await query("DELETE FROM config_owners WHERE daemon = \(me)")
     }
 
     /// Whether enqueuers should NOTIFY this daemon (`daemons.asleep`, read by the INSERT trigger).
     func setAsleep(_ asleep: Bool) async throws {
-        try await client.query(
+        try await query(
             """
             INSERT INTO daemons (daemon, asleep, seen_at) VALUES (\(me), \(asleep), \(QueueStore.now()))
             ON CONFLICT (daemon) DO UPDATE SET asleep = excluded.asleep, seen_at = excluded.seen_at
-            """, logger: logger)
+            """)
     }
 
     public func wakeups(doorbell: Doorbell) throws -> any QueueWakeups {
@@ -359,12 +368,12 @@ extension PostgresStore {
         var total = 0
         while true {
             var deleted = 0
-            let rows = try await client.query(
+            let rows = try await query(
                 """
                 DELETE FROM messages WHERE id IN
                     (SELECT id FROM messages WHERE status = 'sent' AND sent_at < \(cutoff) LIMIT \(batch) FOR UPDATE SKIP LOCKED)
                 RETURNING id
-                """, logger: logger)
+                """)
             for try await _ in rows { deleted += 1 }
             total += deleted
             if deleted < batch { return total }
@@ -375,11 +384,11 @@ extension PostgresStore {
 
     public func counts(now: Double) async throws -> QueueCounts {
         var counts = QueueCounts()
-        let rows = try await client.query(
+        let rows = try await query(
             """
             SELECT status, count(*)::bigint FROM messages GROUP BY status
             UNION ALL SELECT 'last_minute', count(*)::bigint FROM messages WHERE sent_at >= \(now - 60)
-            """, logger: logger)
+            """)
         for try await row in rows {
             let (status, n) = try row.decode((String, Int).self)
             switch status {
@@ -401,12 +410,12 @@ extension PostgresStore {
     }
 
     public func messages(status: MessageStatus?, tenant: String?, limit: Int) async throws -> [MessageRecord] {
-        let rows = try await client.query(
+        let rows = try await query(
             """
             SELECT \(unescaped: Self.messageColumns) FROM messages
             WHERE (\(status?.rawValue)::text IS NULL OR status = \(status?.rawValue)) AND (\(tenant)::text IS NULL OR tenant = \(tenant))
             ORDER BY id DESC LIMIT \(limit)
-            """, logger: logger)
+            """)
         return try await Self.all(rows, Self.message)
     }
 
@@ -458,7 +467,7 @@ extension PostgresStore {
     }
 
     public func retry(ids: [Int64]?, onlyFailed: Bool) async throws -> Int {
-        let rows = try await client.query(
+        let rows = try await query(
             """
             UPDATE messages
             SET status = 'queued', next_attempt_at = \(QueueStore.now()), attempts = 0, lease_until = NULL, lease_owner = NULL,
@@ -467,18 +476,18 @@ extension PostgresStore {
               AND (\(ids == nil)::boolean OR id = ANY(\(ids ?? [])::bigint[]))
               AND (NOT \(onlyFailed)::boolean OR status = 'failed')
             RETURNING id
-            """, logger: logger)
+            """)
         var count = 0
         for try await _ in rows { count += 1 }
         return count
     }
 
     public func cancel(id: Int64) async throws -> Bool {
-        let rows = try await client.query(
+        let rows = try await query(
             """
             UPDATE messages SET status = 'cancelled', lease_until = NULL, lease_owner = NULL
             WHERE id = \(id) AND status IN ('queued', 'deferred') RETURNING id
-            """, logger: logger)
+            """)
         var cancelled = false
         for try await _ in rows { cancelled = true }
         return cancelled

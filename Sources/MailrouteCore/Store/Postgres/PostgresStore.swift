@@ -36,8 +36,9 @@ public final class PostgresStore: QueueBackend {
 
     public var location: String { url.description }
     public var isShared: Bool { true }
+    public var pacing: QueuePacing { .server }
 
-    public init(_ settings: MailrouteConfiguration.Queue, logger: Logger) throws {
+    public init(_ settings: MailrouteConfiguration.Queue, logger: Logger, daemon: Bool = false) throws {
         url = try PostgresURL(settings.url)
         let password = try PostgresURL.password(file: settings.passwordFile)
         let tls: PostgresClient.Configuration.TLS
@@ -55,6 +56,13 @@ public final class PostgresStore: QueueBackend {
             host: url.host, port: url.port, username: url.user, password: password, database: url.database, tls: tls)
         configuration.options.maximumConnections = settings.maxDatabaseConnections
         configuration.options.connectTimeout = .seconds(5)
+        configuration.options.additionalStartupParameters = [("application_name", daemon ? "mailrouted" : "mailroutectl")]
+        if daemon {
+            // As SQLite's synchronous = NORMAL: a server crash may undo the daemon's last few
+            // milliseconds of claims and outcomes, which at-least-once turns into a resend, never
+            // a loss; the rows themselves are the enqueuers', committed with their own setting.
+            configuration.options.additionalStartupParameters.append(("synchronous_commit", "off"))
+        }
         client = PostgresClient(configuration: configuration, backgroundLogger: Logger(label: "mailroute.postgres", factory: { _ in SwiftLogNoOpLogHandler() }))
         listenerConfiguration = PostgresConnection.Configuration(
             host: url.host, port: url.port, username: url.user, password: password, database: url.database, tls: connectionTLS)
@@ -70,8 +78,17 @@ public final class PostgresStore: QueueBackend {
     /// A connection that cannot be made is one line naming the database and why.
     func prepare() async throws {
         do {
-            let applied = try await client.withConnection { connection in
-                try await PostgresSchema.migrate(connection, logger: self.logger)
+            // A connection of its own, not the pool's: the pool retries a refused connection for
+            // a minute, where a wrong URL or password must be one line now.
+            let connection = try await PostgresConnection.connect(
+                configuration: listenerConfiguration, id: 0, logger: Logger(label: "mailroute.migrate", factory: { _ in SwiftLogNoOpLogHandler() }))
+            let applied: [String]
+            do {
+                applied = try await PostgresSchema.migrate(connection, logger: self.logger)
+                try? await connection.close()
+            } catch {
+                try? await connection.close()
+                throw error
             }
             migrations.withLock { $0 = applied }
         } catch let error as PSQLError {
@@ -109,12 +126,107 @@ public final class PostgresStore: QueueBackend {
     }
 
     /// `client.withTransaction`, throwing what went wrong rather than the wrapper around it
-    /// (a refused row's CHECK sentence, our own `MailrouteError`).
-    func transaction<T: Sendable>(_ body: (PostgresConnection) async throws -> T) async throws -> T {
-        do {
-            return try await client.withTransaction(logger: logger) { db in try await body(db) }
-        } catch let error as PostgresTransactionError {
-            throw error.closureError ?? error.beginError ?? error.commitError ?? error.rollbackError ?? error
+    /// (a refused row's CHECK sentence, our own `MailrouteError`), within `deadline`.
+    func transaction<T: Sendable>(_ body: @escaping @Sendable (PostgresConnection) async throws -> T) async throws -> T {
+        try await Self.bounded { [client, logger] in
+            do {
+                return try await client.withTransaction(logger: logger) { db in try await body(db) }
+            } catch let error as PostgresTransactionError {
+                throw error.closureError ?? error.beginError ?? error.commitError ?? error.rollbackError ?? error
+            }
+        }
+    }
+
+    /// One statement, within `deadline`.
+    @discardableResult
+    func query(_ query: PostgresQuery) async throws -> PostgresRowSequence {
+        try await Self.bounded { [client, logger] in try await client.query(query, logger: logger) }
+    }
+
+    /// The longest any one operation may take. While the server is away the client waits for a
+    /// connection (up to a minute before it gives up on its own); the daemon's loop must not
+    /// stall that long: its watchdog would restart it, and its leases would lapse meanwhile.
+    static let deadline = Duration.seconds(5)
+
+    /// What went wrong, as `describe` says it: PSQLError's own description is a placeholder
+    /// (it keeps the query and its binds out of logs), which told an operator nothing.
+    public struct Failure: Error, CustomStringConvertible {
+        public let description: String
+        /// The SQLSTATE, when the server answered (23514: a CHECK refused the row).
+        public let sqlState: String?
+
+        init(_ error: PSQLError) {
+            description = PostgresStore.describe(error)
+            sqlState = error.serverInfo?[.sqlState]
+        }
+    }
+
+    struct Timeout: Error, CustomStringConvertible {
+        var description: String { "PostgreSQL did not answer within \(PostgresStore.deadline)" }
+    }
+
+    /// Runs `body` and returns its result, or throws `Timeout` after `deadline`, whichever
+    /// comes first. Not a task group: a group waits for its children, and a request the client
+    /// does not give up on when cancelled (seen while the server was stopping) kept the daemon's
+    /// loop waiting for minutes. So the work runs in a task of its own, is cancelled at the
+    /// deadline, and is left to end by itself; the caller goes on.
+    static func bounded<T: Sendable>(_ body: @escaping @Sendable () async throws -> T) async throws -> T {
+        let race = Race<T>()
+        return try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { continuation in
+                race.start(
+                    continuation,
+                    work: Task {
+                        do {
+                            race.finish(.success(try await body()))
+                        } catch let error as PSQLError {
+                            race.finish(.failure(Failure(error)))
+                        } catch {
+                            race.finish(.failure(error))
+                        }
+                    },
+                    timer: Task {
+                        try await Task.sleep(for: deadline)
+                        race.finish(.failure(Timeout()))
+                    })
+            }
+        } onCancel: {
+            race.finish(.failure(CancellationError()))
+        }
+    }
+
+    /// The first of work, timer or cancellation to finish resumes the caller and cancels the others.
+    final class Race<T: Sendable>: Sendable {
+        private struct State {
+            var continuation: CheckedContinuation<T, Error>?
+            var outcome: Result<T, Error>?
+            var tasks: [Task<Void, Error>] = []
+        }
+        private let state = Mutex(State())
+
+        func start(_ continuation: CheckedContinuation<T, Error>, work: Task<Void, Error>, timer: Task<Void, Error>) {
+            let early = state.withLock { state -> Result<T, Error>? in
+                state.tasks = [work, timer]
+                if let outcome = state.outcome { return outcome }
+                state.continuation = continuation
+                return nil
+            }
+            if let early {
+                work.cancel()
+                timer.cancel()
+                continuation.resume(with: early)
+            }
+        }
+
+        func finish(_ outcome: Result<T, Error>) {
+            let (continuation, tasks) = state.withLock { state -> (CheckedContinuation<T, Error>?, [Task<Void, Error>]) in
+                guard state.outcome == nil else { return (nil, []) }
+                state.outcome = outcome
+                defer { state.continuation = nil }
+                return (state.continuation, state.tasks)
+            }
+            for task in tasks { task.cancel() }
+            continuation?.resume(with: outcome)
         }
     }
 
@@ -274,9 +386,8 @@ public final class PostgresStore: QueueBackend {
     // MARK: - SMTP configurations
 
     public func configs(tenant: String?) async throws -> [SMTPConfigRecord] {
-        let rows = try await client.query(
-            "SELECT \(unescaped: Self.configColumns) FROM smtp_configs WHERE \(tenant)::text IS NULL OR tenant = \(tenant) ORDER BY tenant, name",
-            logger: logger)
+        let rows = try await query(
+            "SELECT \(unescaped: Self.configColumns) FROM smtp_configs WHERE \(tenant)::text IS NULL OR tenant = \(tenant) ORDER BY tenant, name")
         return try await Self.all(rows, Self.config)
     }
 
@@ -299,12 +410,12 @@ public final class PostgresStore: QueueBackend {
     }
 
     public func config(id: Int64) async throws -> SMTPConfigRecord? {
-        let rows = try await client.query("SELECT \(unescaped: Self.configColumns) FROM smtp_configs WHERE id = \(id)", logger: logger)
+        let rows = try await query("SELECT \(unescaped: Self.configColumns) FROM smtp_configs WHERE id = \(id)")
         return try await Self.all(rows, Self.config).first
     }
 
     public func sealedPasswordCount() async throws -> Int {
-        let rows = try await client.query("SELECT count(*) FROM smtp_configs WHERE password_sealed IS NOT NULL", logger: logger)
+        let rows = try await query("SELECT count(*) FROM smtp_configs WHERE password_sealed IS NOT NULL")
         for try await row in rows { return try row.decode(Int.self) }
         return 0
     }
@@ -453,7 +564,7 @@ public final class PostgresStore: QueueBackend {
         id: Int64, settingsVersion: Int, status: ConfigStatus, errorKind: ConfigErrorKind?, errorText: String?, firstProbeAt: Double?
     ) async throws -> Bool {
         let now = QueueStore.now()
-        let rows = try await client.query(
+        let rows = try await query(
             """
             UPDATE smtp_configs
             SET status = \(status.rawValue), error_kind = \(errorKind?.rawValue), error_text = \(errorText),
@@ -464,29 +575,30 @@ public final class PostgresStore: QueueBackend {
                                      ELSE \(firstProbeAt ?? now) END,
                 probe_failures = CASE WHEN \(status.rawValue) = 'error' AND status = 'error' THEN probe_failures ELSE 0 END
             WHERE id = \(id) AND settings_version = \(settingsVersion)
+              AND (status, error_kind, error_text) IS DISTINCT FROM (\(status.rawValue)::text, \(errorKind?.rawValue)::text, \(errorText)::text)
             RETURNING id
-            """, logger: logger)
+            """)
         var changed = false
         for try await _ in rows { changed = true }
         return changed
     }
 
     public func recordProbeFailure(id: Int64, settingsVersion: Int, nextProbeAt: Double, errorText: String) async throws {
-        try await client.query(
+        try await query(
             """
             UPDATE smtp_configs SET probe_failures = probe_failures + 1, next_probe_at = \(nextProbeAt), error_text = \(errorText)
             WHERE id = \(id) AND settings_version = \(settingsVersion) AND status = 'error'
-            """, logger: logger)
+            """)
     }
 
     public func claimProbe(id: Int64, settingsVersion: Int, now: Double, until: Double) async throws -> Bool {
-        let rows = try await client.query(
+        let rows = try await query(
             """
             UPDATE smtp_configs SET next_probe_at = \(until)
             WHERE id = \(id) AND settings_version = \(settingsVersion) AND status = 'error'
               AND (next_probe_at IS NULL OR next_probe_at <= \(now))
             RETURNING id
-            """, logger: logger)
+            """)
         var won = false
         for try await _ in rows { won = true }
         return won
@@ -509,24 +621,23 @@ public final class PostgresStore: QueueBackend {
     }
 
     public func removeRoute(tenant: String, kind: RouteKind, key: String) async throws {
-        let rows = try await client.query(
-            "DELETE FROM routes WHERE tenant = \(tenant) AND kind = \(kind.rawValue) AND key = \(key) RETURNING id", logger: logger)
+        let rows = try await query(
+            "DELETE FROM routes WHERE tenant = \(tenant) AND kind = \(kind.rawValue) AND key = \(key) RETURNING id")
         var removed = false
         for try await _ in rows { removed = true }
         if !removed { throw MailrouteError.notFound("route \(tenant) \(kind.rawValue) \(key)") }
     }
 
     public func routes(tenant: String?) async throws -> [RouteRecord] {
-        let rows = try await client.query(
-            "SELECT id, tenant, kind, key, config_id, created_at FROM routes WHERE \(tenant)::text IS NULL OR tenant = \(tenant) ORDER BY tenant, kind, key",
-            logger: logger)
+        let rows = try await query(
+            "SELECT id, tenant, kind, key, config_id, created_at FROM routes WHERE \(tenant)::text IS NULL OR tenant = \(tenant) ORDER BY tenant, kind, key")
         return try await Self.all(rows, Self.route)
     }
 
     public func routingTable(tenant: String?) async throws -> RoutingTable {
         try await transaction { db in
             // One snapshot for both tables, so configurations and routes agree.
-            try await db.query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ", logger: self.logger)
+            try await db.query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             let configs = try await Self.all(
                 try await db.query(
                     "SELECT \(unescaped: Self.configColumns) FROM smtp_configs WHERE \(tenant)::text IS NULL OR tenant = \(tenant)", logger: self.logger),

@@ -499,6 +499,9 @@ public actor Dispatcher: Service {
         case .verified:
             health.probeFinished(config, succeeded: true)
             await markVerified(config)
+            // At once, not at the next refresh: a delivery meanwhile would find it down in the
+            // routing as last read.
+            try? await refreshRouting()
         case .failed(let error):
             health.probeFinished(config, succeeded: false)
             let next = health.nextProbe(afterFailures: config.probeFailures + 1, now: now())

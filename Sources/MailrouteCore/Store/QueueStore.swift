@@ -232,6 +232,7 @@ public final class QueueStore: QueueBackend {
         firstProbeAt: Double?
     ) throws -> Bool {
         let now = now()
+        let was = try String.fetchOne(db, sql: "SELECT status FROM smtp_configs WHERE id = ?", arguments: [id])
         try db.execute(
             sql: """
                 UPDATE smtp_configs
@@ -249,7 +250,14 @@ public final class QueueStore: QueueBackend {
                 "status": status.rawValue, "kind": errorKind?.rawValue, "text": errorText,
                 "now": now, "probe": firstProbeAt ?? now, "id": id, "version": settingsVersion,
             ])
-        return db.changesCount > 0
+        let changed = db.changesCount > 0
+        if changed, was == ConfigStatus.error.rawValue, status == .verified {
+            // Back up: what waited for it (deferred until its next probe) goes now.
+            try db.execute(
+                sql: "UPDATE messages SET next_attempt_at = ? WHERE status = 'deferred' AND config_id = ? AND next_attempt_at > ?",
+                arguments: [now, id, now])
+        }
+        return changed
     }
 
     /// A probe of a configuration that is down failed: it stays down until `nextProbeAt`.

@@ -566,6 +566,8 @@ public final class PostgresStore: QueueBackend {
         let now = QueueStore.now()
         let rows = try await query(
             """
+            WITH was AS (SELECT status FROM smtp_configs WHERE id = \(id) FOR UPDATE),
+            changed AS (
             UPDATE smtp_configs
             SET status = \(status.rawValue), error_kind = \(errorKind?.rawValue), error_text = \(errorText),
                 status_changed_at = CASE WHEN status = \(status.rawValue) AND error_kind IS NOT DISTINCT FROM \(errorKind?.rawValue)
@@ -576,7 +578,13 @@ public final class PostgresStore: QueueBackend {
                 probe_failures = CASE WHEN \(status.rawValue) = 'error' AND status = 'error' THEN probe_failures ELSE 0 END
             WHERE id = \(id) AND settings_version = \(settingsVersion)
               AND (status, error_kind, error_text) IS DISTINCT FROM (\(status.rawValue)::text, \(errorKind?.rawValue)::text, \(errorText)::text)
-            RETURNING id
+            RETURNING id),
+            -- Back up: what waited for it (deferred until its next probe) goes now.
+            released AS (
+            UPDATE messages SET next_attempt_at = \(now)
+            WHERE \(status.rawValue)::text = 'verified' AND (SELECT status FROM was) = 'error' AND EXISTS (SELECT 1 FROM changed)
+              AND status = 'deferred' AND config_id = \(id) AND next_attempt_at > \(now))
+            SELECT id FROM changed
             """)
         var changed = false
         for try await _ in rows { changed = true }

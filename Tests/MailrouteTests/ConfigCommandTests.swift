@@ -15,25 +15,33 @@ import Testing
         try env.json("config", "show", label)
     }
 
-    @Test func firstConfigurationBecomesTheDefaultAndSetDefaultMovesIt() throws {
+    func config(_ env: CtlEnvironment, _ label: String) throws -> [String: Any] {
+        try env.json("config", "show", label)
+    }
+
+    /// On either backend: every command of SPEC §5 works on both.
+    @Test(arguments: Backend.allCases) func firstConfigurationBecomesTheDefaultAndSetDefaultMovesIt(_ backend: Backend) throws {
+        let env = try CtlEnvironment(backend: backend)
         #expect(try env.addConfig(name: "main", port: 2525).status == 0)
         #expect(try env.addConfig(name: "brand", port: 2526).status == 0)
-        #expect(try config("acme/main")["is_default"] as? Bool == true)
-        #expect(try config("acme/brand")["is_default"] as? Bool == false)
+        #expect(try config(env, "acme/main")["is_default"] as? Bool == true)
+        #expect(try config(env, "acme/brand")["is_default"] as? Bool == false)
 
         #expect(try env.ctl("config", "set-default", "acme/brand").status == 0)
-        #expect(try config("acme/main")["is_default"] as? Bool == false)
-        #expect(try config("acme/brand")["is_default"] as? Bool == true)
+        #expect(try config(env, "acme/main")["is_default"] as? Bool == false)
+        #expect(try config(env, "acme/brand")["is_default"] as? Bool == true)
         let defaults = try env.jsonArray("config", "list", "--tenant", "acme").filter { $0["is_default"] as? Bool == true }
         #expect(defaults.count == 1)
 
         // Another tenant's first configuration is its own default.
         #expect(try env.addConfig(tenant: "globex", name: "main", port: 2525).status == 0)
-        #expect(try config("globex/main")["is_default"] as? Bool == true)
-        #expect(try config("acme/brand")["is_default"] as? Bool == true)
+        #expect(try config(env, "globex/main")["is_default"] as? Bool == true)
+        #expect(try config(env, "acme/brand")["is_default"] as? Bool == true)
     }
 
-    @Test func theDefaultCannotBeDeletedWhileOthersExist() throws {
+    /// On either backend: every command of SPEC §5 works on both.
+    @Test(arguments: Backend.allCases) func theDefaultCannotBeDeletedWhileOthersExist(_ backend: Backend) throws {
+        let env = try CtlEnvironment(backend: backend)
         try env.addConfig(name: "main", port: 2525)
         try env.addConfig(name: "brand", port: 2526)
         let refused = try env.ctl("config", "delete", "acme/main")
@@ -47,7 +55,9 @@ import Testing
         #expect(try env.jsonArray("config", "list").isEmpty)
     }
 
-    @Test func deletingAConfigurationRemovesItsRoutes() throws {
+    /// On either backend: every command of SPEC §5 works on both.
+    @Test(arguments: Backend.allCases) func deletingAConfigurationRemovesItsRoutes(_ backend: Backend) throws {
+        let env = try CtlEnvironment(backend: backend)
         try env.addConfig(name: "main", port: 2525)
         try env.addConfig(name: "brand", port: 2526)
         #expect(try env.ctl("route", "set", "--tenant", "acme", "--advertiser", "adv-1", "--config", "brand").status == 0)
@@ -132,7 +142,9 @@ import Testing
         #expect(!result.output.contains(long))
     }
 
-    @Test func duplicateNamesAreRefusedWithinATenantOnly() throws {
+    /// On either backend: every command of SPEC §5 works on both.
+    @Test(arguments: Backend.allCases) func duplicateNamesAreRefusedWithinATenantOnly(_ backend: Backend) throws {
+        let env = try CtlEnvironment(backend: backend)
         #expect(try env.addConfig(name: "main", port: 2525).status == 0)
         let dup = try env.addConfig(name: "main", port: 2526)
         #expect(dup.status != 0)
@@ -178,7 +190,9 @@ import Testing
         #expect(try config("acme/main")["status"] as? String == "not_verified")
     }
 
-    @Test func disabledConfigurationsAreSkippedAndNeverTheDefault() throws {
+    /// On either backend: every command of SPEC §5 works on both.
+    @Test(arguments: Backend.allCases) func disabledConfigurationsAreSkippedAndNeverTheDefault(_ backend: Backend) throws {
+        let env = try CtlEnvironment(backend: backend)
         try env.addConfig(name: "main", port: 2525)
         try env.addConfig(name: "brand", port: 2526)
         try env.ctl("route", "set", "--tenant", "acme", "--advertiser", "adv-1", "--config", "brand")
@@ -232,13 +246,20 @@ import Testing
     let env: CtlEnvironment
 
     init() throws {
-        env = try CtlEnvironment()
+        env = try Self.environment(.sqlite)
+    }
+
+    static func environment(_ backend: Backend) throws -> CtlEnvironment {
+        let env = try CtlEnvironment(backend: backend)
         try env.addConfig(name: "main", port: 2525)
         try env.addConfig(name: "brand", port: 2526)
         try env.addConfig(name: "reports", port: 2527)
+        return env
     }
 
-    @Test func resolveFollowsTheSpecOrderAndSaysWhy() throws {
+    /// On either backend: every command of SPEC §5 works on both.
+    @Test(arguments: Backend.allCases) func resolveFollowsTheSpecOrderAndSaysWhy(_ backend: Backend) throws {
+        let env = try Self.environment(backend)
         try env.ctl("route", "set", "--tenant", "acme", "--advertiser", "adv-1", "--config", "brand")
         try env.ctl("route", "set", "--tenant", "acme", "--category", "report", "--config", "reports")
         try env.ctl("route", "set", "--tenant", "acme", "--cname", "Mail.Brand.Test", "--config", "brand")
@@ -268,7 +289,9 @@ import Testing
         #expect(human.stdout.contains("advertiser adv-1: route to acme/brand"))
     }
 
-    @Test func setMovesAnExistingRouteAndRemoveDeletesIt() throws {
+    /// On either backend: every command of SPEC §5 works on both.
+    @Test(arguments: Backend.allCases) func setMovesAnExistingRouteAndRemoveDeletesIt(_ backend: Backend) throws {
+        let env = try Self.environment(backend)
         try env.ctl("route", "set", "--tenant", "acme", "--advertiser", "adv-1", "--config", "brand")
         try env.ctl("route", "set", "--tenant", "acme", "--advertiser", "adv-1", "--config", "reports")
         let routes = try env.jsonArray("route", "list", "--tenant", "acme")

@@ -197,7 +197,11 @@ public actor Dispatcher: Service {
                             group.addTask { await self.deliver(message) }
                         }
                         draining = !batch.messages.isEmpty
-                        admitting = !batch.admittedAll
+                        // More due rows than one claim admits: admit on at once, whether or not the
+                        // pools have room. On a shared queue only while this daemon sends: one whose
+                        // claims take nothing (another daemon drives the configurations) leaves the
+                        // admitting to the daemons that do, instead of spending the cores they share.
+                        admitting = !batch.admittedAll && (!store.isShared || !batch.messages.isEmpty)
                         nextDue = draining || admitting ? t : try await store.nextDueTime()
                     } else {
                         (draining, admitting) = (false, false)

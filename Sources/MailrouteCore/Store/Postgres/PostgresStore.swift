@@ -128,7 +128,7 @@ public final class PostgresStore: QueueBackend {
     /// `client.withTransaction`, throwing what went wrong rather than the wrapper around it
     /// (a refused row's CHECK sentence, our own `MailrouteError`), within `deadline`.
     func transaction<T: Sendable>(_ body: @escaping @Sendable (PostgresConnection) async throws -> T) async throws -> T {
-        try await Self.bounded { [client, logger] in
+        try await Self.retryingConflicts { [client, logger] in
             do {
                 return try await client.withTransaction(logger: logger) { db in try await body(db) }
             } catch let error as PostgresTransactionError {
@@ -140,7 +140,22 @@ public final class PostgresStore: QueueBackend {
     /// One statement, within `deadline`.
     @discardableResult
     func query(_ query: PostgresQuery) async throws -> PostgresRowSequence {
-        try await Self.bounded { [client, logger] in try await client.query(query, logger: logger) }
+        try await Self.retryingConflicts { [client, logger] in try await client.query(query, logger: logger) }
+    }
+
+    /// `bounded`, again (up to three times in all) when the server undid it for a deadlock or a
+    /// serialization conflict: nothing of it was committed, and giving up would strand an
+    /// outcome (its row stays `sending` until the lease runs out, then is sent twice).
+    static func retryingConflicts<T: Sendable>(_ body: @escaping @Sendable () async throws -> T) async throws -> T {
+        var tries = 0
+        while true {
+            do {
+                return try await bounded(body)
+            } catch let failure as Failure where ["40P01", "40001"].contains(failure.sqlState) && tries < 2 {
+                tries += 1
+                try await Task.sleep(for: .milliseconds(5 * tries))
+            }
+        }
     }
 
     /// The longest any one operation may take. While the server is away the client waits for a

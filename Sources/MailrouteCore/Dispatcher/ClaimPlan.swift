@@ -15,30 +15,22 @@ public struct ClaimPlan: Sendable {
     /// What a pool whose pace is not known yet is given per connection: one in hand and one
     /// waiting, so a fast server's connection does not idle while the next claim is made.
     public static let messagesPerConnection = 2
-    /// A pool that sends fast is given this much of its own work in hand, so that one claim
-    /// transaction takes many messages instead of two (measured: 16 per connection to a
-    /// loopback sink nearly halves the daemon's CPU per message).
-    public static let workInHandSeconds = 0.05
-    /// And never more than this per connection. A pool whose server slows down meanwhile
-    /// gives back what it could not start in time (`PoolLimits.maxQueueWait`), before the
-    /// lease runs out.
-    public static let maxMessagesPerConnection = 16
-
-    /// Messages per connection a pool is given: `workInHandSeconds` of its recent pace
-    /// rounded up, at most `maxMessagesPerConnection`. A pool whose sends take longer than that
+    /// Messages per connection a pool is given: `pacing.workInHandSeconds` of its recent pace
+    /// rounded up, at most `pacing.maxInHandPerConnection` (SQLite: 50 ms, 16; a server, whose
+    /// claims take round trips, more: `QueuePacing`). A pool whose sends take longer than that
     /// gets one per connection: its connection then waits for the claim and composition of
     /// the next message (`PoolRegistry.wantsWork` asks for it as soon as a place is free),
     /// a millisecond or two against a send of 50 ms or more, while every message held beyond
     /// it costs tens of KB (its task, its composed copy), which with 1,000 tenants was most of
     /// the daemon's memory. It also means a password reset claimed after a report waits behind
     /// one report. A rate-limited pool's pace is its limit, however fast its server answers.
-    public static func depth(secondsPerMessage: Double?, limits: PoolLimits) -> Int {
+    public static func depth(secondsPerMessage: Double?, limits: PoolLimits, pacing: QueuePacing = .local) -> Int {
         var pace = secondsPerMessage ?? 0
         if let rate = limits.ratePerMinute, rate > 0 {
             pace = max(pace, 60 / Double(rate) * Double(limits.maxConnections))
         }
         guard pace > 0 else { return messagesPerConnection }
-        let fits = min(Double(maxMessagesPerConnection), (workInHandSeconds / pace).rounded(.up))
+        let fits = min(Double(pacing.maxInHandPerConnection), (pacing.workInHandSeconds / pace).rounded(.up))
         return max(1, Int(fits))
     }
     public var defaultMaxConnections: Int

@@ -58,7 +58,7 @@ public actor Dispatcher: Service {
         self.logger = logger
         self.notifier = notifier
         self.transport = transport
-        self.pools = PoolRegistry(transport: transport)
+        self.pools = PoolRegistry(transport: transport, pacing: store.pacing)
         self.now = now
         self.random = random
         self.lastRenewal = now()

@@ -9,22 +9,24 @@ struct PoolRegistry {
     }
 
     let transport: any SMTPTransport
+    let pacing: QueuePacing
     private var pools: [Key: any SMTPPool] = [:]
 
-    init(transport: any SMTPTransport) {
+    init(transport: any SMTPTransport, pacing: QueuePacing = .local) {
         self.transport = transport
+        self.pacing = pacing
     }
 
     /// Pools that had no free place when the last claim was planned: their rows may wait.
     private var fullAtLastClaim: Set<Key> = []
 
     /// How many messages a pool is given in all: `ClaimPlan.depth` per connection.
-    static func capacity(_ pool: any SMTPPool, depth: Int? = nil) -> Int {
-        pool.limits.maxConnections * (depth ?? Self.depth(pool))
+    func capacity(_ pool: any SMTPPool, depth: Int? = nil) -> Int {
+        pool.limits.maxConnections * (depth ?? self.depth(pool))
     }
 
-    private static func depth(_ pool: any SMTPPool) -> Int {
-        ClaimPlan.depth(secondsPerMessage: pool.secondsPerMessage, limits: pool.limits)
+    private func depth(_ pool: any SMTPPool) -> Int {
+        ClaimPlan.depth(secondsPerMessage: pool.secondsPerMessage, limits: pool.limits, pacing: pacing)
     }
 
     /// Free places per pool that exists (configuration id; nil is the relay), for the
@@ -33,7 +35,7 @@ struct PoolRegistry {
         var room: [Int64?: Int] = [:]
         fullAtLastClaim.removeAll(keepingCapacity: true)
         for (key, pool) in pools {
-            let free = Self.capacity(pool) - pool.load
+            let free = capacity(pool) - pool.load
             if free <= 0 { fullAtLastClaim.insert(key) }
             switch key {
             case .platform: room[nil] = free
@@ -54,8 +56,8 @@ struct PoolRegistry {
             let load = pool.load
             guard load > 0 || fullAtLastClaim.contains(key) else { continue }
             anyBusy = true
-            let depth = Self.depth(pool)
-            let capacity = Self.capacity(pool, depth: depth)
+            let depth = self.depth(pool)
+            let capacity = self.capacity(pool, depth: depth)
             if capacity - load >= (depth == 1 ? 1 : max(1, capacity / 4)) { return true }
         }
         return !anyBusy

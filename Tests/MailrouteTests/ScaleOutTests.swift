@@ -87,6 +87,31 @@ import Testing
         for daemon in daemons { daemon.stop() }
     }
 
+    /// One line naming the database and what is wrong, at once (the client's pool would retry
+    /// for a minute), and never a password.
+    @Test func aWrongURLOrAMissingDatabaseIsOneLine() throws {
+        let env = try CtlEnvironment(backend: .postgres)
+        let server = try PostgresTestServer.server()
+        let config = try String(contentsOfFile: env.configPath, encoding: .utf8)
+        for (url, says) in [
+            ("postgres://mailroute@127.0.0.1:\(closedPort())/x?sslmode=disable", "cannot connect"),
+            ("postgres://mailroute@127.0.0.1:\(server.port)/no_such_db?sslmode=disable", #"database "no_such_db" does not exist"#),
+            ("postgres://nobody_here@127.0.0.1:\(server.port)/postgres?sslmode=disable", #"role "nobody_here" does not exist"#),
+        ] {
+            let edited = config.replacingOccurrences(
+                of: #"url = "[^"]*""#, with: "url = \"\(url)\"", options: .regularExpression)
+            try edited.write(toFile: env.configPath, atomically: true, encoding: .utf8)
+            let started = Date()
+            let result = try env.ctl("queue", "stats")
+            #expect(result.status == 1)
+            #expect(Date().timeIntervalSince(started) < 10, "at once")
+            let lines = result.stderr.split(separator: "\n")
+            #expect(lines.count == 1, "\(result.stderr)")
+            #expect(result.stderr.contains("[queue] url postgres://") && result.stderr.contains(says), "\(result.stderr)")
+            #expect(!result.stderr.contains(server.password))
+        }
+    }
+
     /// PostgreSQL of its own: stopping the shared one would fail the other tests.
     @Test func aDaemonRidesOutTheDatabaseGoingAway() throws {
         let cluster = try PrivateCluster()

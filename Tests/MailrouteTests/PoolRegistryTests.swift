@@ -59,4 +59,38 @@ import Testing
         four.load = 48
         #expect(registry.wantsWork())
     }
+
+    /// On a shared queue an idle pool is closed and its configuration given up: only after
+    /// `after` seconds without work, never the relay's, and a busy one never.
+    @Test func idlePoolsAreRetiredAfterTheirTimeOnly() throws {
+        var registry = PoolRegistry(transport: StubTransport())
+        let settings = MailrouteConfiguration()
+        let idle = try #require(registry.pool(for: config(1, connections: 1), settings: settings, secrets: nil) as? StubPool)
+        let busy = try #require(registry.pool(for: config(2, connections: 1), settings: settings, secrets: nil) as? StubPool)
+        _ = registry.platformPool(settings: settings, password: nil)
+        busy.load = 1
+        #expect(registry.retireIdle(now: 100, after: 60).isEmpty, "first seen now")
+        #expect(registry.retireIdle(now: 159, after: 60).isEmpty)
+        let retired = registry.retireIdle(now: 160, after: 60)
+        #expect(retired.map(\.0) == [1])
+        #expect(retired.first?.1 === idle)
+        #expect(!registry.hasPool(configID: 1) && registry.hasPool(configID: 2))
+        #expect(registry.retireIdle(now: 1000, after: 60).isEmpty, "the busy one stays, and the relay's")
+        busy.load = 0
+        #expect(registry.retireIdle(now: 1001, after: 60).isEmpty, "idle since its last look")
+        #expect(registry.retireIdle(now: 1061, after: 60).map(\.0) == [2])
+    }
+
+    @Test func handedOverPoolsComeOutWithTheirIds() throws {
+        var registry = PoolRegistry(transport: StubTransport(), pacing: .server)
+        let settings = MailrouteConfiguration()
+        let one = try #require(registry.pool(for: config(1, connections: 2), settings: settings, secrets: nil) as? StubPool)
+        _ = registry.pool(for: config(2, connections: 2), settings: settings, secrets: nil)
+        one.load = 3
+        #expect(registry.load(configID: 1) == 3 && registry.load(configID: 2) == 0)
+        #expect(registry.configIDs == [1, 2])
+        #expect(registry.retire(configIDs: [2]).map(\.0) == [2])
+        #expect(registry.configIDs == [1])
+        #expect(registry.retire(configIDs: []).isEmpty)
+    }
 }

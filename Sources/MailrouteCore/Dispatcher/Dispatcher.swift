@@ -42,6 +42,15 @@ public actor Dispatcher: Service {
     private var renewing = false
     /// Configurations whose idle pools were closed: the next claim gives them up.
     private var givenUp: Set<Int64> = []
+    /// Shared queue: the claims in hand (their leases are what is renewed), how many of them
+    /// go to each configuration (a configuration with claimed messages is busy even before they
+    /// reach its pool), and the configurations whose connections the claims took.
+    private var inHand: [Int64: ClaimedMessage] = [:]
+    private var claimedFor: [Int64: Int] = [:]
+    private var owned: Set<Int64> = []
+    /// An outcome was committed since the last cycle: on SQLite `data_version` says so; on a
+    /// server nothing does, and a pool that freed places would wait for the poll.
+    private var finishedSinceCycle = false
     /// Configurations this daemon is handing over (it holds more than its share): no more
     /// claims for them; once their pool is empty it closes and they are given up.
     private var leaving: Set<Int64> = []
@@ -135,7 +144,7 @@ public actor Dispatcher: Service {
                 listener.addTask { await wakeups.run() }
                 // Counted among the living before the first claim, so that the first daemon of a
                 // cluster starting together takes only its share of the configurations.
-                try? await self.store.renewLeases(now: self.now(), until: self.now() + self.settings.queue.leaseSeconds)
+                try? await self.store.renewLeases(now: self.now(), until: self.now() + self.settings.queue.leaseSeconds, claims: [])
                 await withDiscardingTaskGroup { group in
                     await self.loop(wakeups: wakeups, group: &group)
                     // Stop taking work: queued jobs come back as not started, sends in hand finish.
@@ -174,14 +183,20 @@ public actor Dispatcher: Service {
             // at least `pacing.claimSpacing` since the last, so one transaction claims several messages
             // instead of one per finished send; due rows still waiting for admission do not wait
             // for room.
-            let changed = wakeups.changed()
-            let due = changed || t >= (nextDue ?? .infinity) || t - lastCycle >= settings.queue.pollIntervalSeconds
             let spaced = t - lastCycle >= store.pacing.claimSpacing
+            // Our own outcome commits count as a change only where a pool has room again, and
+            // spaced like a draining claim: one claim per finished send would be a claim per message.
+            let freed = finishedSinceCycle && spaced && pools.wantsWork()
+            let changed = wakeups.changed() || freed
+            let due = changed || t >= (nextDue ?? .infinity) || t - lastCycle >= settings.queue.pollIntervalSeconds
+            var sawWork = false
             if due && database.mayTry(at: t) && (!draining || admitting || (spaced && pools.wantsWork()) || t - lastCycle >= settings.queue.pollIntervalSeconds) {
                 lastCycle = t
+                finishedSinceCycle = false
                 do {
                     // Idle, a cheap read first: no write transaction when nothing is due.
                     let work = try await draining ? true : store.hasWork(now: t)
+                    sawWork = work
                     if work {
                         let expire = t - lastExpiry >= 1
                         if expire { lastExpiry = t }
@@ -192,8 +207,11 @@ public actor Dispatcher: Service {
                         let batch = try await store.claimBatch(plan)
                         givenUp.subtract(plan.giveUp)
                         leaving.subtract(plan.giveUp)
+                        owned.subtract(plan.giveUp)
+                        owned.formUnion(batch.owned)
                         for message in batch.messages {
                             inFlight += 1
+                            took(message)
                             group.addTask { await self.deliver(message) }
                         }
                         draining = !batch.messages.isEmpty
@@ -212,7 +230,10 @@ public actor Dispatcher: Service {
                     (draining, admitting) = (false, false)
                     databaseFailed(error, now: t)
                 }
-                wakeups.setQuiet(draining)
+                // Asleep (enqueuers NOTIFY it) only when the queue has nothing for anyone: a
+                // daemon whose rows are all other daemons' stays on the poll, or every INSERT
+                // would NOTIFY while it idles.
+                wakeups.setQuiet(draining || (store.isShared && sawWork))
             }
             if t - lastHousekeeping >= 1 {
                 lastHousekeeping = t
@@ -275,10 +296,32 @@ public actor Dispatcher: Service {
     private func deliver(_ claimed: ClaimedMessage) async {
         defer {
             inFlight -= 1
+            done(claimed)
             doorbell.ring()
         }
         let delivery = Delivery(claimed: claimed, plan: DeliveryPlan.make(claimed.message, resolution: claimed.resolution, platform: settings.platform), dispatcher: self)
         await delivery.run()
+    }
+
+    private func took(_ claimed: ClaimedMessage) {
+        guard store.isShared else { return }
+        inHand[claimed.id] = claimed
+        if let id = claimed.resolution.config?.id { claimedFor[id, default: 0] += 1 }
+    }
+
+    private func done(_ claimed: ClaimedMessage) {
+        guard store.isShared else { return }
+        finishedSinceCycle = true
+        inHand[claimed.id] = nil
+        if let id = claimed.resolution.config?.id {
+            let left = (claimedFor[id] ?? 1) - 1
+            claimedFor[id] = left > 0 ? left : nil
+        }
+    }
+
+    /// Work of a configuration in hand: in its pool, or claimed and on its way there.
+    private func busy(_ configID: Int64) -> Bool {
+        pools.load(configID: configID) > 0 || claimedFor[configID] != nil
     }
 
     // MARK: - What a delivery asks of the dispatcher
@@ -439,9 +482,25 @@ public actor Dispatcher: Service {
     /// reach for most of a lease, close every pool: another daemon may take its configurations
     /// over once the lease runs out.
     private func shareTheQueue(now t: Double, group: inout DiscardingTaskGroup) {
-        let handedOver = leaving.filter { pools.load(configID: $0) == 0 }
+        // The database out of reach for half a configuration lease: close every connection
+        // now, with little time for sends in hand, so that none is left when another daemon
+        // may take the configurations over.
+        if t - lastRenewal >= PostgresStore.ownershipSeconds(lease: settings.queue.leaseSeconds) / 2 {
+            let closing = pools.retireAll() + retired
+            retired.removeAll()
+            if !closing.isEmpty {
+                logger.warning("closing every connection: this daemon's configurations may pass to another", metadata: ["pools": "\(closing.count)"])
+            }
+            let hard = PostgresStore.ownershipSeconds(lease: settings.queue.leaseSeconds) / 4
+            for pool in closing { group.addTask { await pool.close(timeout: hard) } }
+        }
+        let handedOver = leaving.filter { !busy($0) }
+        // Configurations held with no pool and nothing claimed (their pool was retired for a
+        // trip, new settings, a reload): given up too, or renewals would keep them for ever.
         givenUp.formUnion(handedOver.filter { !pools.hasPool(configID: $0) })
-        for (id, pool) in pools.retireIdle(now: t, after: settings.delivery.idleTimeoutSeconds) + pools.retire(configIDs: handedOver) {
+        givenUp.formUnion(owned.filter { !pools.hasPool(configID: $0) && claimedFor[$0] == nil })
+        let idle = pools.retireIdle(now: t, after: settings.delivery.idleTimeoutSeconds, busy: Set(claimedFor.keys))
+        for (id, pool) in idle + pools.retire(configIDs: handedOver) {
             group.addTask {
                 await pool.close()
                 await self.connectionsClosed(configID: id)
@@ -451,9 +510,10 @@ public actor Dispatcher: Service {
             renewing = true
             let store = self.store
             let until = t + settings.queue.leaseSeconds
+            let claims = Array(inHand.values)
             group.addTask {
                 do {
-                    let share = try await store.renewLeases(now: t, until: until)
+                    let share = try await store.renewLeases(now: t, until: until, claims: claims)
                     await self.renewed(at: t, share: share)
                 } catch {
                     await self.renewalFailed(at: t, error: error)
@@ -463,8 +523,8 @@ public actor Dispatcher: Service {
     }
 
     private func connectionsClosed(configID: Int64) {
-        // A claim meanwhile may have made a new pool for it: then it stays ours.
-        guard !pools.hasPool(configID: configID) else { return }
+        // A claim meanwhile may have made a new pool for it, or taken rows for it: it stays ours.
+        guard !pools.hasPool(configID: configID), claimedFor[configID] == nil else { return }
         givenUp.insert(configID)
     }
 
@@ -474,7 +534,7 @@ public actor Dispatcher: Service {
         // Hand over what is beyond this daemon's share, the least busy first, one batch per
         // renewal (what is being handed over already counts as gone).
         if let share, leaving.isEmpty, share.excess > 0 {
-            let candidates = pools.configIDs.sorted { pools.load(configID: $0) < pools.load(configID: $1) }
+            let candidates = pools.configIDs.sorted { pools.load(configID: $0) + claimedFor[$0, default: 0] < pools.load(configID: $1) + claimedFor[$1, default: 0] }
             leaving = Set(candidates.prefix(share.excess))
             if !leaving.isEmpty {
                 logger.info("handing configurations over to other daemons", metadata: [
@@ -488,14 +548,6 @@ public actor Dispatcher: Service {
     private func renewalFailed(at t: Double, error: Error) {
         renewing = false
         databaseFailed(error, now: t)
-        // Two renewals missed: before the lease runs out, no connection of ours may remain.
-        if t - lastRenewal >= 2 * renewalSeconds {
-            let closing = pools.retireAll()
-            if !closing.isEmpty {
-                logger.warning("closing every connection: this daemon's configurations may pass to another", metadata: ["pools": "\(closing.count)"])
-            }
-            retired += closing
-        }
     }
 
     private func probeFinished(_ config: SMTPConfigRecord, _ completion: PoolCompletion) async {

@@ -139,11 +139,11 @@ struct PoolRegistry {
     /// Takes out the configuration pools that have had no work for `after` seconds, with
     /// their ids: on a shared queue the caller closes them and gives the configuration up, so
     /// another daemon may drive its connections.
-    mutating func retireIdle(now: Double, after: Double) -> [(Int64, any SMTPPool)] {
+    mutating func retireIdle(now: Double, after: Double, busy: Set<Int64> = []) -> [(Int64, any SMTPPool)] {
         var idle: [(Int64, any SMTPPool)] = []
         for (key, pool) in pools {
             guard case .config(let id, _) = key else { continue }
-            if pool.load > 0 || lastBusy[key] == nil {
+            if pool.load > 0 || busy.contains(id) || lastBusy[key] == nil {
                 lastBusy[key] = now
             } else if now - lastBusy[key]! >= after {
                 pools[key] = nil

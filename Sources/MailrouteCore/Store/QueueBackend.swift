@@ -53,10 +53,10 @@ public protocol QueueBackend: AnyObject, Sendable {
     /// Writes outcomes; on a shared queue only while the claim is still the row's.
     func finish(_ outcomes: [(claim: ClaimedMessage, outcome: DeliveryOutcome)]) async throws
     func releaseLeases(_ claims: [ClaimedMessage]) async throws
-    /// Keeps this daemon's leases (its rows in hand, the configurations whose connections it
-    /// drives) alive until `until`, and says how the cluster's configurations are shared out.
+    /// Keeps this daemon's leases (`claims`, the rows in hand, by their tokens; the
+    /// configurations whose connections it drives) alive until `until`, and says how the cluster's configurations are shared out.
     /// Where one daemon owns the queue, nothing to renew: nil.
-    @discardableResult func renewLeases(now: Double, until: Double) async throws -> ClusterShare?
+    @discardableResult func renewLeases(now: Double, until: Double, claims: [ClaimedMessage]) async throws -> ClusterShare?
     /// Gives up every configuration this daemon drives (at shutdown, its pools all closed).
     func releaseConnections() async throws
     @discardableResult func purgeSent(before cutoff: Double, batch: Int) async throws -> Int

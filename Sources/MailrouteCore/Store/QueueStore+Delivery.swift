@@ -48,6 +48,8 @@ public struct ClaimBatch: Sendable {
     public var messages: [ClaimedMessage]
     /// False when more due rows wait for admission than one claim admits.
     public var admittedAll: Bool
+    /// Shared queue: the configurations whose connections this claim took or kept.
+    public var owned: [Int64] = []
 }
 
 /// How one try ended, to be written with its attempts rows in one transaction.
@@ -281,7 +283,7 @@ extension QueueStore {
     }
 
     /// One daemon per file: nobody else would take its rows while it lives.
-    public func renewLeases(now: Double, until: Double) async throws -> ClusterShare? { nil }
+    public func renewLeases(now: Double, until: Double, claims: [ClaimedMessage]) async throws -> ClusterShare? { nil }
     public func releaseConnections() async throws {}
 
     public func wakeups(doorbell: Doorbell) throws -> any QueueWakeups {

@@ -469,8 +469,11 @@ enum PostgresSchema {
             RETURN NULL;
         END
         $$;
-        CREATE TRIGGER messages_wake_daemons AFTER INSERT ON messages
-            FOR EACH STATEMENT EXECUTE FUNCTION messages_wake_daemons();
+        -- At COMMIT, not at INSERT: an enqueuer's transaction that began before a daemon marked
+        -- itself asleep would otherwise send nothing, and its rows would wait for the poll.
+        -- (A NOTIFY repeated in one transaction is delivered once.)
+        CREATE CONSTRAINT TRIGGER messages_wake_daemons AFTER INSERT ON messages
+            DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION messages_wake_daemons();
         """#
 }
 

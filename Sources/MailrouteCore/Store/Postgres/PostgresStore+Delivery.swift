@@ -118,7 +118,7 @@ extension PostgresStore {
             // back at once, so no claim of ours can hold rows of a configuration we no longer drive.
             if !plan.giveUp.isEmpty {
                 try await db.query(
-                    "DELETE FROM config_owners WHERE daemon = \(self.me) AND config_id = ANY(\(plan.giveUp))", logger: logger)
+                    "DELETE FROM config_owners WHERE daemon = \(self.me) AND config_id = ANY(\(plan.giveUp.sorted()))", logger: logger)
             }
             // Configurations whose connections another daemon drives: their rows are its.
             var plan = plan
@@ -166,7 +166,7 @@ extension PostgresStore {
             if !new.isEmpty {
                 var daemons = 1
                 for try await row in try await db.query(
-                    "SELECT count(*) FROM daemons WHERE seen_at >= \(now - Self.ownershipSeconds(lease: plan.leaseSeconds))",
+                    "SELECT count(*) FROM daemons WHERE seen_at >= extract(epoch FROM clock_timestamp()) - \(Self.ownershipSeconds(lease: plan.leaseSeconds))",
                     logger: logger)
                 {
                     daemons = max(1, try row.decode(Int.self))
@@ -182,16 +182,17 @@ extension PostgresStore {
                     }
                 }
             }
+            var mine = Set<Int64>()
             if !wanted.isEmpty {
                 let held = try await db.query(
                     """
                     INSERT INTO config_owners (config_id, daemon, lease_until)
-                    SELECT id, \(self.me), \(now + Self.ownershipSeconds(lease: plan.leaseSeconds)) FROM unnest(\(Array(wanted))::bigint[]) AS id
+                    SELECT id, \(self.me), \(now + Self.ownershipSeconds(lease: plan.leaseSeconds))
+                    FROM unnest(\(wanted.sorted())::bigint[]) AS id ORDER BY id
                     ON CONFLICT (config_id) DO UPDATE SET daemon = excluded.daemon, lease_until = excluded.lease_until
                     WHERE config_owners.daemon = excluded.daemon OR config_owners.lease_until < \(now)
                     RETURNING config_id
                     """, logger: logger)
-                var mine = Set<Int64>()
                 for try await row in held { mine.insert(try row.decode(Int64.self)) }
                 if mine.count < wanted.count {
                     chosen.removeAll { candidate in
@@ -235,7 +236,7 @@ extension PostgresStore {
                             message: message, attachments: attachments[candidate.id] ?? [], resolution: candidate.resolution,
                             claimToken: token)
                     }
-                }, admittedAll: admittedAll)
+                }, admittedAll: admittedAll, owned: Array(mine))
         }
     }
 
@@ -324,28 +325,36 @@ extension PostgresStore {
         try await query(
             """
             UPDATE messages SET status = CASE WHEN attempts > 0 THEN 'deferred' ELSE 'queued' END, lease_until = NULL, lease_owner = NULL
-            WHERE id IN (SELECT id FROM messages WHERE id = ANY(\(claims.map(\.id))) AND status = 'sending' AND lease_owner = \(me)
-                         ORDER BY id FOR UPDATE)
+            WHERE id IN (SELECT m.id FROM messages m
+                         JOIN unnest(\(claims.map(\.id)), \(claims.map { $0.claimToken ?? 0 })) AS c(id, token)
+                           ON m.id = c.id AND m.claim_token = c.token
+                         WHERE m.status = 'sending' ORDER BY m.id FOR UPDATE OF m)
             """)
     }
 
-    public func renewLeases(now: Double, until: Double) async throws -> ClusterShare? {
+    public func renewLeases(now: Double, until: Double, claims: [ClaimedMessage]) async throws -> ClusterShare? {
         try await query(
             """
+            -- Only the claims in hand, by their tokens: a row whose outcome could not be written
+            -- must run out of lease and be sent again, not stay ours for as long as we live.
             -- SKIP LOCKED: a row being finished right now needs no renewal, and waiting for it
-            -- while the finish waited for a row renewed here was a deadlock (seen in the bench).
+            -- while the finish waited for a row renewed here was a deadlock (seen in the bench);
+            -- the same for a configuration a claim of ours is taking or giving up.
             WITH rows AS (UPDATE messages SET lease_until = \(until)
-                          WHERE id IN (SELECT id FROM messages WHERE status = 'sending' AND lease_owner = \(me)
-                                       FOR UPDATE SKIP LOCKED)),
-                 owned AS (UPDATE config_owners SET lease_until = \(now + Self.ownershipSeconds(lease: until - now)) WHERE daemon = \(me)),
+                          WHERE id IN (SELECT m.id FROM messages m
+                                       JOIN unnest(\(claims.map(\.id)), \(claims.map { $0.claimToken ?? 0 })) AS c(id, token)
+                                         ON m.id = c.id AND m.claim_token = c.token
+                                       WHERE m.status = 'sending' FOR UPDATE OF m SKIP LOCKED)),
+                 owned AS (UPDATE config_owners SET lease_until = \(now + Self.ownershipSeconds(lease: until - now))
+                           WHERE config_id IN (SELECT config_id FROM config_owners WHERE daemon = \(me) FOR UPDATE SKIP LOCKED)),
                  -- Daemons that died without a word: nobody needs to wake them.
-                 gone AS (DELETE FROM daemons WHERE seen_at < \(now - 600))
-            INSERT INTO daemons (daemon, asleep, seen_at) VALUES (\(me), false, \(now))
+                 gone AS (DELETE FROM daemons WHERE seen_at < extract(epoch FROM clock_timestamp()) - 600)
+            INSERT INTO daemons (daemon, asleep, seen_at) VALUES (\(me), false, extract(epoch FROM clock_timestamp()))
             ON CONFLICT (daemon) DO UPDATE SET seen_at = excluded.seen_at
             """)
         let rows = try await query(
             """
-            SELECT (SELECT count(*) FROM daemons WHERE seen_at >= \(now - Self.ownershipSeconds(lease: until - now))),
+            SELECT (SELECT count(*) FROM daemons WHERE seen_at >= extract(epoch FROM clock_timestamp()) - \(Self.ownershipSeconds(lease: until - now))),
                    count(*), count(*) FILTER (WHERE daemon = \(me))
             FROM config_owners WHERE lease_until >= \(now)
             """)
@@ -364,7 +373,7 @@ extension PostgresStore {
     func setAsleep(_ asleep: Bool) async throws {
         try await query(
             """
-            INSERT INTO daemons (daemon, asleep, seen_at) VALUES (\(me), \(asleep), \(QueueStore.now()))
+            INSERT INTO daemons (daemon, asleep, seen_at) VALUES (\(me), \(asleep), extract(epoch FROM clock_timestamp()))
             ON CONFLICT (daemon) DO UPDATE SET asleep = excluded.asleep, seen_at = excluded.seen_at
             """)
     }

@@ -30,9 +30,11 @@ public final class PostgresStore: QueueBackend {
     private let migrations = Mutex<[String]>([])
 
     /// How long a daemon holds a configuration's connections without renewing: a daemon that
-    /// died gives its configurations up this long after its last renewal. At most the rows'
-    /// lease (`lease_s`), so its rows and its configurations come free together.
-    public static func ownershipSeconds(lease: Double) -> Double { min(15, lease) }
+    /// died gives its configurations up this long after its last renewal. Twice the rows'
+    /// lease, at most 30 s: renewed every `min(5 s, lease_s / 3)`, and a daemon that cannot
+    /// renew closes its connections after half of it (`Dispatcher.shareTheQueue`), with a
+    /// quarter of it to close them, before another may take its configurations.
+    public static func ownershipSeconds(lease: Double) -> Double { min(30, 2 * lease) }
 
     public var location: String { url.description }
     public var isShared: Bool { true }

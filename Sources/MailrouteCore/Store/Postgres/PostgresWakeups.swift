@@ -68,7 +68,9 @@ final class PostgresWakeups: QueueWakeups {
                 try await store.setAsleep(asleep)
                 if asleep { poke() }
             } catch {
-                // The next change writes again; meanwhile the poll finds new rows.
+                // Forgotten, so that the loop's next word (it says it every cycle) writes again;
+                // meanwhile the poll finds new rows.
+                wanted.withLock { $0 = nil }
             }
         }
     }

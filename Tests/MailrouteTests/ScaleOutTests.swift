@@ -87,6 +87,25 @@ import Testing
         for daemon in daemons { daemon.stop() }
     }
 
+    /// The poll is half a minute here: only a NOTIFY can bring these rows out within the wait,
+    /// the first into a daemon that never worked, the next ones after it has drained and gone
+    /// idle again (where a daemon that thought itself busy once stayed deaf until the poll).
+    @Test func anIdleDaemonIsWokenByAnInsertNotThePoll() throws {
+        let sink = try SinkServer()
+        let env = try CtlEnvironment(backend: .postgres, queue: ["poll_interval_s = 30"])
+        try env.addConfig(name: "main", port: sink.port)
+        let daemon = DaemonProcess(env: env)
+        try daemon.start()
+        for round in 1...10 {
+            try enqueue(env, 1, tenants: ["acme"], subject: "wake \(round)")
+            let picked = waitUntil(timeout: 5) { (try? sent(env)) == round }
+            #expect(picked, "round \(round) was picked up")
+            if !picked { break }
+            usleep(UInt32.random(in: 50_000...150_000))
+        }
+        #expect(daemon.stop() == 0)
+    }
+
     /// One line naming the database and what is wrong, at once (the client's pool would retry
     /// for a minute), and never a password.
     @Test func aWrongURLOrAMissingDatabaseIsOneLine() throws {

@@ -196,7 +196,8 @@ public actor Dispatcher: Service {
                 do {
                     // Idle, a cheap read first: no write transaction when nothing is due.
                     let work = try await draining ? true : store.hasWork(now: t)
-                    sawWork = work
+                    // Work seen for someone: asked and found, not assumed because we were draining.
+                    sawWork = work && !draining
                     if work {
                         let expire = t - lastExpiry >= 1
                         if expire { lastExpiry = t }
@@ -215,6 +216,7 @@ public actor Dispatcher: Service {
                             group.addTask { await self.deliver(message) }
                         }
                         draining = !batch.messages.isEmpty
+                        if draining { sawWork = true }
                         // More due rows than one claim admits: admit on at once, whether or not the
                         // pools have room. On a shared queue only while this daemon sends: one whose
                         // claims take nothing (another daemon drives the configurations) leaves the

@@ -106,6 +106,9 @@ import Testing
         }
         let transport = FakeTransport()
         try await withTaskExecutorPreference(EngineExecutor.shared) { [settings] in
+            // In-process: other suites' subprocess tests block the cooperative threads that the
+            // store's bounded calls run on, for seconds at a time; the daemon's bound is not tested here.
+            PostgresStore.deadline = .seconds(60)
             try await QueueBackends.with(settings.queue, logger: PostgresTestServer.logger) { store in
                 try await body(Engine(store: store, transport: transport, settings: settings))
             }

@@ -87,6 +87,10 @@ extension MailrouteConfiguration {
             try t.read("max_attempts", into: &delivery.maxAttempts, atLeast(1))
             try t.read("cooldown_s", into: &delivery.cooldownSeconds, positive)
             try t.read("breaker_timeouts", into: &delivery.breakerTimeouts, atLeast(1))
+            try t.read("max_queue_lifetime_s", into: &delivery.maxQueueLifetimeSeconds, positive)
+            var allowed = delivery.allowedNetworks.map(\.description)
+            try t.read("allowed_networks", into: &allowed)
+            delivery.allowedNetworks = try networks(allowed, "delivery.allowed_networks")
             try t.finish()
             if delivery.retryMaxSeconds < delivery.retryInitialSeconds {
                 throw ConfigFileError("delivery.retry_max_s must not be less than delivery.retry_initial_s")
@@ -216,6 +220,15 @@ extension Int: TOMLReadable {
     static func read(_ value: TOMLValueConvertible) -> Int? { value.int }
 }
 
+extension Array: TOMLReadable where Element == String {
+    static var tomlDescription: String { "an array of strings" }
+    static func read(_ value: TOMLValueConvertible) -> [String]? {
+        guard let array = value.array else { return nil }
+        let strings = array.compactMap(\.string)
+        return strings.count == array.count ? strings : nil
+    }
+}
+
 extension Double: TOMLReadable {
     static var tomlDescription: String { "a number" }
     static func read(_ value: TOMLValueConvertible) -> Double? { value.double ?? value.int.map(Double.init) }
@@ -248,6 +261,15 @@ private func within(_ range: ClosedRange<Int>) -> (Int, String) throws -> Int {
             throw ConfigFileError("\(key) must be between \(range.lowerBound) and \(range.upperBound)")
         }
         return value
+    }
+}
+
+private func networks(_ values: [String], _ key: String) throws -> [IPNetwork] {
+    try values.map { text in
+        guard let network = IPNetwork(text) else {
+            throw ConfigFileError("\(key): \"\(text)\" is not a network in CIDR form (such as \"10.1.0.0/16\" or \"fd00::/8\")")
+        }
+        return network
     }
 }
 

@@ -61,7 +61,17 @@ public struct MailrouteConfiguration: Sendable, Equatable {
         /// Consecutive connect or greeting timeouts (with no success between) that trip a
         /// configuration; one alone is as likely a busy host as a dead server (SPEC §4).
         public var breakerTimeouts = 3
+        /// SPEC §4 "Nothing waits forever": an unsent message ends `expired` this long after it
+        /// was due, whatever it waits for (Postfix's `maximal_queue_lifetime`, five days).
+        public var maxQueueLifetimeSeconds = 432_000.0
+        /// Networks a tenant's server may be in although they are loopback, private,
+        /// link-local, unspecified or multicast (SPEC §4 "Tenant-supplied hosts"); none by
+        /// default. The platform relay is exempt.
+        public var allowedNetworks: [IPNetwork] = []
         public init() {}
+
+        /// Where a tenant's configuration may connect.
+        public var networkPolicy: NetworkPolicy { NetworkPolicy(allowed: allowedNetworks) }
 
         public var effectiveHeloName: String {
             if !heloName.isEmpty { return heloName }

@@ -167,7 +167,8 @@ struct QueueRetry: CtlCommand {
 
     func execute() async throws {
         try await global.context.withService { service in
-            let count = try await service.store.retry(ids: id.map { [$0] }, onlyFailed: failed)
+            let deadline = MessageLifetime(service.settings.delivery).retryDeadline(now: QueueStore.now())
+            let count = try await service.store.retry(ids: id.map { [$0] }, onlyFailed: failed, deadline: deadline)
             if let id, count == 0 {
                 throw MailrouteError.conflict("message \(id) does not exist or is not failed, expired, cancelled or deferred")
             }

@@ -144,6 +144,29 @@ import Testing
         #expect(decide(tempfail, attempts: 1, expires: 2000) == .deferred(until: 1015))
     }
 
+    /// A configuration that breaks as its message runs out of time still goes to `error`:
+    /// otherwise the next message would try the broken server again instead of waiting.
+    @Test func aTripIsKeptWhenTheMessageRunsOut() {
+        #expect(decide(refused, expires: 1200, fallback: .none) == .tripAndExpire, "the first probe (1300) is past the deadline")
+        #expect(decide(refused, attempts: 10, fallback: .none) == .tripAndFail)
+        #expect(Decision.tripAndExpire.trips && Decision.tripAndFail.trips)
+        #expect(Decision.tripAndFail.attemptOutcome == .failed)
+    }
+
+    /// SPEC §4 "Nothing waits forever": one deadline, the earlier of the message's own and
+    /// the lifetime after it was due, and a reason that says which ran out.
+    @Test func theLifetimeBoundsEveryDeadline() {
+        let lifetime = MessageLifetime(seconds: 432_000)
+        #expect(lifetime.deadline(ownDeadline: nil, dueAt: 100) == 432_100)
+        #expect(lifetime.deadline(ownDeadline: 3700, dueAt: 100) == 3700)
+        #expect(lifetime.deadline(ownDeadline: 1e9, dueAt: 100) == 432_100)
+        #expect(lifetime.reason(deadline: 432_100, dueAt: 100).contains("max_queue_lifetime_s (432000 s)"))
+        #expect(lifetime.reason(deadline: 3700, dueAt: 100) == MessageLifetime.ownReason)
+        #expect(lifetime.reason(deadline: 432_100, dueAt: 100, lastError: "451 4.3.0 later").hasSuffix("; last error: 451 4.3.0 later"))
+        #expect(MessageLifetime(seconds: 1.5).lifetimeReason.contains("(1.5 s)"))
+        #expect(lifetime.retryDeadline(now: 5000) == 437_000)
+    }
+
     @Test func aDownConfigurationIsOneWithAConfigurationLevelError() {
         var config = SMTPConfigRecord(tenant: "t", name: "n", host: "h", fromAddress: "a@h.test")
         #expect(!DeliveryPolicy.isDown(config))
@@ -197,6 +220,7 @@ import Testing
         #expect(admit("report", 5).effectivePriority == 2)
         #expect(admit("password_reset", nil).effectivePriority == 1)
         #expect(admit("password_reset", nil).expiresAt == 3700, "one hour TTL")
+        #expect(admit("report", nil).expiresAt == 432_100.0, "no TTL: the queue lifetime from its due time")
         #expect(admit("report", nil, tenant: nil).effectivePriority == 4)
         #expect(admit("report", nil, tenant: nil).route == .platform)
         #expect(admit("newsletter", nil, tenant: nil).effectivePriority == 3)

@@ -85,7 +85,9 @@ import Testing
     /// A fresh queue on `backend` for the length of `body`. On PostgreSQL the client's
     /// connections run in a child task of `QueueBackends.with`, kept, like the dispatcher, on
     /// an executor of its own.
-    func withEngine(_ backend: Backend, _ body: @Sendable (Engine) async throws -> Void) async throws {
+    func withEngine(
+        _ backend: Backend, configure: (inout MailrouteConfiguration) -> Void = { _ in }, _ body: @Sendable (Engine) async throws -> Void
+    ) async throws {
         var settings = MailrouteConfiguration()
         settings.platform.fromAddress = "platform@mailroute.test"
         settings.delivery.heloName = "mailroute.test"
@@ -104,6 +106,7 @@ import Testing
             settings.queue.url = database.url
             settings.queue.passwordFile = passwordFile.path
         }
+        configure(&settings)
         let transport = FakeTransport()
         try await withTaskExecutorPreference(EngineExecutor.shared) { [settings] in
             // In-process: other suites' subprocess tests block the cooperative threads that the
@@ -170,6 +173,96 @@ import Testing
             #expect(try await e.rows(ids).first?.route == .default, "two timeouts of three do not trip")
             #expect(try await e.store.config(tenant: "acme", name: "main")?.status == .verified)
             #expect(e.transport.sends(to: "platform").isEmpty)
+        }
+    }
+
+    // MARK: Nothing waits forever (SPEC §4): a lifetime of seconds, in each state a message waits in
+
+    static func lifetime(_ settings: inout MailrouteConfiguration) {
+        settings.delivery.maxQueueLifetimeSeconds = 2.5
+        settings.delivery.maxAttempts = 1000
+    }
+
+    static func expired(_ ids: [Int64]) -> @Sendable (Engine) async throws -> Bool {
+        { engine in try await engine.rows(ids).allSatisfy { $0.status == .expired } }
+    }
+
+    @Test(arguments: [Backend.sqlite, .postgres])
+    func aMessageThatIsOnlyEverDeferredExpiresAtTheLifetime(_ backend: Backend) async throws {
+        try await withEngine(backend, configure: Self.lifetime) { e in
+            try await e.addConfig()
+            e.transport.set("acme/main", .fail(DeliveryError(kind: .temporaryFailure, smtpCode: 451, text: "451 4.3.0 try later", isTemporary: true)))
+            let ids = try await e.enqueue(1)
+            try await e.running {
+                let done = try await e.until(15, Self.expired(ids))
+                #expect(done)
+            }
+            let row = try #require(try await e.rows(ids).first)
+            #expect(row.lastErrorKind == "expired")
+            #expect(row.lastError?.contains("max_queue_lifetime_s (2.5 s)") == true, "\(row.lastError ?? "-")")
+            #expect(row.lastError?.contains("451 4.3.0 try later") == true, "what it last waited for")
+            // How often depends on how busy the machine is; what matters is that it was tried.
+            #expect(try await e.attempts(ids[0]).count >= 1)
+        }
+    }
+
+    /// The issue's report: with `fallback = none` and a login the server refuses, the message
+    /// was re-deferred to each cool-down for ever.
+    @Test(arguments: [Backend.sqlite, .postgres])
+    func aConfigurationThatStaysDownWithNoFallbackDoesNotHoldItsMailForever(_ backend: Backend) async throws {
+        let settings: (inout MailrouteConfiguration) -> Void = { settings in
+            Self.lifetime(&settings)
+            settings.delivery.cooldownSeconds = 0.2
+        }
+        try await withEngine(backend, configure: settings) { e in
+            try await e.addConfig(fallback: .none)
+            e.transport.set("acme/main", .fail(DeliveryError(kind: .authFailed, smtpCode: 535, text: "535 5.7.8 no", isTemporary: false)))
+            let ids = try await e.enqueue(3)
+            try await e.running {
+                let done = try await e.until(15, Self.expired(ids))
+                #expect(done)
+            }
+            for row in try await e.rows(ids) {
+                #expect(row.lastError?.contains("max_queue_lifetime_s") == true, "\(row.lastError ?? "-")")
+            }
+            #expect(e.transport.sends(to: "platform").isEmpty, "fallback none")
+            // On a machine busy enough that the first claim comes after the deadline nothing is
+            // tried, which is right too; once tried, the configuration is down.
+            let config = try await e.store.config(tenant: "acme", name: "main")
+            if !e.transport.sends(to: "acme/main").isEmpty {
+                #expect(config?.status == .error, "\(String(describing: config?.status)) \(config?.errorText ?? "-")")
+            }
+            // Not tried while down: only the first try and the probes reached the server.
+            #expect(e.transport.sends(to: "acme/main").count < 10)
+        }
+    }
+
+    @Test(arguments: [Backend.sqlite, .postgres])
+    func mailWaitingForABusyPoolExpiresAndARetryGivesItTimeAgain(_ backend: Backend) async throws {
+        try await withEngine(backend, configure: Self.lifetime) { e in
+            try await e.addConfig(maxConnections: 1)
+            // The pool's one connection is stuck in a send: the rest wait for room, untried.
+            e.transport.set("acme/main", .hold)
+            let ids = try await e.enqueue(6)
+            let transport = e.transport
+            try await e.running {
+                let expired = try await e.until(15) { e in try await e.rows(ids).filter { $0.status == .expired }.count >= 3 }
+                transport.release()
+                let statuses = try await e.rows(ids).map(\.status)
+                #expect(expired, "\(statuses)")
+                let ended = try await e.until(15) { e in try await e.rows(ids).allSatisfy { $0.status == .sent || $0.status == .expired } }
+                #expect(ended)
+            }
+            let waited = try await e.rows(ids).filter { $0.status == .expired }
+            for row in waited {
+                #expect(row.lastError?.contains("max_queue_lifetime_s") == true, "\(row.lastError ?? "-")")
+                #expect(try await e.attempts(row.id!).isEmpty, "never tried: the pool had no room")
+            }
+            let deadline = Date().timeIntervalSince1970 + 1000
+            #expect(try await e.store.retry(ids: [waited[0].id!], onlyFailed: false, deadline: deadline) == 1)
+            let retried = try #require(try await e.rows([waited[0].id!]).first)
+            #expect(retried.status == .queued)
+            #expect(retried.expiresAt == deadline, "a fresh deadline, or it would expire again at once")
         }
     }
 

@@ -46,6 +46,8 @@ public struct ClaimPlan: Sendable {
     public var giveUp: [Int64] = []
     /// The category defaults (priority, TTL) that admission applies.
     public var categories: [String: MailrouteConfiguration.Category]
+    /// The bound on every message's wait that admission applies (SPEC §4).
+    public var lifetime = MessageLifetime(MailrouteConfiguration.Delivery())
 
     public init(
         now: Double, leaseSeconds: Double, expire: Bool, limit: Int, room: [Int64?: Int], defaultMaxConnections: Int,
@@ -71,10 +73,11 @@ public struct ClaimPlan: Sendable {
         let resolution = Router.resolve(row.keys, in: table, explain: false)
         let category = category(row.keys.category)
         let own = row.priority ?? category.priority
+        let due = row.sendAt ?? row.createdAt
         return Admission(
             id: row.id, effectivePriority: min(own, resolution.config?.priority ?? own), configId: resolution.config?.id,
-            route: resolution.step, dueAt: row.sendAt ?? row.createdAt,
-            expiresAt: row.expiresAt ?? category.ttlSeconds.map { row.createdAt + $0 })
+            route: resolution.step, dueAt: due,
+            expiresAt: lifetime.deadline(ownDeadline: row.expiresAt ?? category.ttlSeconds.map { row.createdAt + $0 }, dueAt: due))
     }
 
     /// Which due rows to take, in their order, given where each would go now: a pool with no

@@ -22,8 +22,7 @@ final class Delivery: Sendable {
 
     func run() async {
         if let expires = message.expiresAt, expires <= now {
-            await dispatcher.finish(claimed, DeliveryOutcome(
-                status: .expired, attempts: [], errorKind: "expired", error: "expired before it could be delivered"))
+            await dispatcher.finish(claimed, DeliveryOutcome(status: .expired, attempts: [], errorKind: "expired", error: message.lastError))
             return
         }
         switch plan.target {
@@ -235,8 +234,8 @@ final class Delivery: Sendable {
             status: .deferred, attempts: attempts, configId: config?.id, route: route, errorKind: error.kind.rawValue, error: error.text)
         switch decision {
         case .deferred(let until), .tripAndWait(let until): result.nextAttemptAt = until
-        case .failed: result.status = .failed
-        case .expired: result.status = .expired
+        case .failed, .tripAndFail: result.status = .failed
+        case .expired, .tripAndExpire: result.status = .expired
         case .sent: result.status = .sent
         case .tripAndFallBack, .notStarted: break
         }

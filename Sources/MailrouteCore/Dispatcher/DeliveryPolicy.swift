@@ -39,6 +39,10 @@ public enum Decision: Sendable, Equatable {
     /// The configuration is broken and its fallback is `none`: it goes to `error`; the message
     /// waits for its first probe.
     case tripAndWait(until: Double)
+    /// The configuration is broken and its fallback is `none`, and the message's tries or time
+    /// have run out: the configuration still goes to `error`.
+    case tripAndFail
+    case tripAndExpire
     case deferred(until: Double)
     case failed
     case expired
@@ -49,14 +53,14 @@ public enum Decision: Sendable, Equatable {
         switch self {
         case .sent: .sent
         case .tripAndFallBack: .fallback
-        case .failed: .failed
-        case .tripAndWait, .deferred, .expired, .notStarted: .deferred
+        case .failed, .tripAndFail: .failed
+        case .tripAndWait, .deferred, .expired, .tripAndExpire, .notStarted: .deferred
         }
     }
 
     public var trips: Bool {
         switch self {
-        case .tripAndFallBack, .tripAndWait: true
+        case .tripAndFallBack, .tripAndWait, .tripAndFail, .tripAndExpire: true
         default: false
         }
     }
@@ -118,7 +122,8 @@ public enum DeliveryPolicy {
                 if tenant.fallback == .platform { return .tripAndFallBack }
                 switch retryOrGiveUp(context, notBefore: tenant.firstProbeAt) {
                 case .deferred(let until): return .tripAndWait(until: until)
-                case let other: return other
+                case .failed: return .tripAndFail
+                default: return .tripAndExpire
                 }
             }
         }

@@ -289,6 +289,7 @@ public actor Dispatcher: Service {
         var plan = ClaimPlan(
             now: t, leaseSeconds: settings.queue.leaseSeconds, expire: expire, limit: max(0, 2000 - inFlight), room: pools.roomForClaim(),
             defaultMaxConnections: settings.delivery.defaultMaxConnections, categories: settings.categories)
+        plan.lifetime = MessageLifetime(settings.delivery)
         plan.down = health.trippedVersions
         plan.giveUp = Array(givenUp)
         plan.foreign = leaving
@@ -375,6 +376,14 @@ public actor Dispatcher: Service {
     }
 
     func finish(_ claimed: ClaimedMessage, _ outcome: DeliveryOutcome) async {
+        var outcome = outcome
+        if outcome.status == .expired {
+            // Which deadline ran out, said once for every way a message in hand expires.
+            let message = claimed.message
+            outcome.error = MessageLifetime(settings.delivery).reason(
+                deadline: message.expiresAt ?? now(), dueAt: message.sendAt ?? message.createdAt ?? now(), lastError: outcome.error)
+            outcome.errorKind = "expired"
+        }
         do {
             try await writer.write(claimed, outcome: outcome)
         } catch {

@@ -68,7 +68,10 @@ public protocol QueueBackend: AnyObject, Sendable {
     func messages(status: MessageStatus?, tenant: String?, limit: Int) async throws -> [MessageRecord]
     func message(id: Int64) async throws -> (MessageRecord, [AttemptRecord], [AttachmentRecord])?
     func enqueue(_ message: MessageRecord, attachments: [(filename: String, contentType: String, content: Data)]) async throws -> Int64
-    func retry(ids: [Int64]?, onlyFailed: Bool) async throws -> Int
+    /// Puts failed, expired or cancelled rows (or deferred ones, early) back in line now, with a
+    /// fresh count of tries; a row whose deadline has passed gets `deadline` (or it would
+    /// expire again at once).
+    func retry(ids: [Int64]?, onlyFailed: Bool, deadline: Double) async throws -> Int
     func cancel(id: Int64) async throws -> Bool
 
     /// Closes connections to the database (PostgreSQL); nothing to do for a file.

@@ -195,12 +195,15 @@ extension QueueStore {
             }
 
             if plan.expire {
+                // The reason as `MessageLifetime.reason(deadline:dueAt:lastError:)` words it.
                 try db.execute(
                     sql: """
-                        UPDATE messages SET status = 'expired', last_error_kind = 'expired',
-                                            last_error = 'expired before it could be delivered', lease_until = NULL
+                        UPDATE messages SET status = 'expired', last_error_kind = 'expired', lease_until = NULL,
+                            last_error = CASE WHEN expires_at >= coalesce(send_at, created_at) + ? THEN ? ELSE ? END
+                                || coalesce('; last error: ' || nullif(last_error, ''), '')
                         WHERE status IN ('queued', 'deferred') AND expires_at IS NOT NULL AND expires_at <= ?
-                        """, arguments: [plan.now])
+                        """,
+                    arguments: [plan.lifetime.seconds, plan.lifetime.lifetimeReason, MessageLifetime.ownReason, plan.now])
             }
 
             // Read in order, one row at a time, until the plan has what it can take.
@@ -222,9 +225,14 @@ extension QueueStore {
 
             let ids = chosen.map(\.id)
             let list = ids.map(String.init).joined(separator: ",")
+            // A row admitted before the lifetime bound existed gets its deadline when it is taken.
             try db.execute(
-                sql: "UPDATE messages SET status = 'sending', lease_until = ? WHERE id IN (\(list))",
-                arguments: [plan.now + plan.leaseSeconds])
+                sql: """
+                    UPDATE messages SET status = 'sending', lease_until = ?,
+                                        expires_at = coalesce(expires_at, coalesce(send_at, created_at) + ?)
+                    WHERE id IN (\(list))
+                    """,
+                arguments: [plan.now + plan.leaseSeconds, plan.lifetime.seconds])
             let messages = Dictionary(
                 uniqueKeysWithValues: try MessageRecord.filter(ids.contains(MessageRecord.Columns.id)).fetchAll(db).map { ($0.id!, $0) })
             let attachments = try AttachmentRecord.filter(ids.contains(AttachmentRecord.Columns.messageId))
@@ -369,19 +377,17 @@ extension QueueStore {
         }
     }
 
-    /// Puts failed, expired or cancelled rows (or deferred ones, early) back in line now, with
-    /// a fresh count of tries; an expired row loses its deadline or it would expire again at once.
-    public func retry(ids: [Int64]?, onlyFailed: Bool) throws -> Int {
+    public func retry(ids: [Int64]?, onlyFailed: Bool, deadline: Double) throws -> Int {
         try pool.write { db in
             var sql = """
                 UPDATE messages
-                SET status = 'queued', next_attempt_at = ?, attempts = 0, lease_until = NULL,
-                    expires_at = CASE WHEN status = 'expired' THEN NULL ELSE expires_at END
+                SET status = 'queued', next_attempt_at = :now, attempts = 0, lease_until = NULL,
+                    expires_at = CASE WHEN status = 'expired' OR expires_at <= :now THEN :deadline ELSE expires_at END
                 WHERE status IN ('failed', 'expired', 'cancelled', 'deferred')
                 """
             if let ids { sql += " AND id IN (\(ids.map(String.init).joined(separator: ",")))" }
             if onlyFailed { sql += " AND status = 'failed'" }
-            try db.execute(sql: sql, arguments: [QueueStore.now()])
+            try db.execute(sql: sql, arguments: ["now": QueueStore.now(), "deadline": deadline])
             return db.changesCount
         }
     }

@@ -105,10 +105,14 @@ extension PostgresStore {
                     """, logger: logger)
             }
             if plan.expire {
+                // The reason as `MessageLifetime.reason(deadline:dueAt:lastError:)` words it.
+                let lifetime = plan.lifetime.seconds, lifetimeReason = plan.lifetime.lifetimeReason
+                let ownReason = MessageLifetime.ownReason
                 try await db.query(
                     """
-                    UPDATE messages SET status = 'expired', last_error_kind = 'expired',
-                                        last_error = 'expired before it could be delivered', lease_until = NULL
+                    UPDATE messages SET status = 'expired', last_error_kind = 'expired', lease_until = NULL,
+                        last_error = CASE WHEN expires_at >= coalesce(send_at, created_at) + \(lifetime) THEN \(lifetimeReason)
+                                          ELSE \(ownReason) END || coalesce('; last error: ' || nullif(last_error, ''), '')
                     WHERE id IN (SELECT id FROM messages WHERE status IN ('queued', 'deferred') AND expires_at IS NOT NULL
                                                           AND expires_at <= \(now) FOR UPDATE SKIP LOCKED)
                     """, logger: logger)
@@ -207,7 +211,8 @@ extension PostgresStore {
             let claimed = try await db.query(
                 """
                 UPDATE messages SET status = 'sending', lease_until = \(now + plan.leaseSeconds), lease_owner = \(self.me),
-                                    claim_token = nextval('claim_tokens')
+                                    claim_token = nextval('claim_tokens'),
+                                    expires_at = coalesce(expires_at, coalesce(send_at, created_at) + \(plan.lifetime.seconds))
                 WHERE id IN (SELECT id FROM messages WHERE id = ANY(\(ids)) AND status = 'queued' FOR UPDATE SKIP LOCKED)
                 RETURNING \(unescaped: Self.messageColumns), claim_token
                 """, logger: logger)
@@ -484,12 +489,13 @@ extension PostgresStore {
         }
     }
 
-    public func retry(ids: [Int64]?, onlyFailed: Bool) async throws -> Int {
+    public func retry(ids: [Int64]?, onlyFailed: Bool, deadline: Double) async throws -> Int {
+        let now = QueueStore.now()
         let rows = try await query(
             """
             UPDATE messages
-            SET status = 'queued', next_attempt_at = \(QueueStore.now()), attempts = 0, lease_until = NULL, lease_owner = NULL,
-                expires_at = CASE WHEN status = 'expired' THEN NULL ELSE expires_at END
+            SET status = 'queued', next_attempt_at = \(now), attempts = 0, lease_until = NULL, lease_owner = NULL,
+                expires_at = CASE WHEN status = 'expired' OR expires_at <= \(now) THEN \(deadline) ELSE expires_at END
             WHERE status IN ('failed', 'expired', 'cancelled', 'deferred')
               AND (\(ids == nil)::boolean OR id = ANY(\(ids ?? [])::bigint[]))
               AND (NOT \(onlyFailed)::boolean OR status = 'failed')

@@ -188,7 +188,8 @@ import Testing
         let soon = try daemon.enqueue(subject: "now")
         try daemon.waitFor(soon, .sent)
         #expect(try daemon.waitFor(stale, .expired).status == .expired)
-        #expect(try daemon.row(later).status == .queued, "not before send_at")
+        // Only while it is not due yet: a loaded machine may take seconds to get here.
+        if Date().timeIntervalSince1970 < now + 1.5 { #expect(try daemon.row(later).status == .queued, "not before send_at") }
         let sent = try daemon.waitFor(later, .sent)
         #expect((sent.sentAt ?? 0) >= now + 2)
         #expect(!server.messages().contains { $0.header("Subject") == "stale" })

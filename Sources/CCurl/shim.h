@@ -19,6 +19,9 @@ static inline CURLcode mr_curl_setopt_pointer(CURL *h, CURLoption o, void *v) {
 static inline CURLcode mr_curl_setopt_debug_function(CURL *h, mr_curl_debug_callback f) {
     return curl_easy_setopt(h, CURLOPT_DEBUGFUNCTION, f);
 }
+static inline CURLcode mr_curl_setopt_opensocket_function(CURL *h, curl_opensocket_callback f) {
+    return curl_easy_setopt(h, CURLOPT_OPENSOCKETFUNCTION, f);
+}
 static inline CURLcode mr_curl_getinfo_long(CURL *h, CURLINFO i, long *out) {
     return curl_easy_getinfo(h, i, out);
 }

@@ -67,6 +67,8 @@ import Testing
             max_attempts = 5
             cooldown_s = 60
             breaker_timeouts = 5
+            max_queue_lifetime_s = 86400
+            allowed_networks = ["127.0.0.0/8", "fd00::/8", "10.1.2.3"]
             [platform]
             host = "relay.example.org"
             port = 465
@@ -105,6 +107,8 @@ import Testing
         #expect(c.delivery.maxAttempts == 5)
         #expect(c.delivery.cooldownSeconds == 60)
         #expect(c.delivery.breakerTimeouts == 5)
+        #expect(c.delivery.maxQueueLifetimeSeconds == 86400)
+        #expect(c.delivery.allowedNetworks.map(\.description) == ["127.0.0.0/8", "fd00::/8", "10.1.2.3/32"])
         #expect(c.platform.host == "relay.example.org")
         #expect(c.platform.port == 465)
         #expect(c.platform.security == .tls)
@@ -135,6 +139,9 @@ import Testing
         ("[categories.Bad]\npriority = 1", "categories.Bad"),
         ("[categories.report]\npriority = 9", "categories.report.priority must be between 1 and 5"),
         ("[delivery]\nretry_initial_s = 100\nretry_max_s = 10", "retry_max_s"),
+        ("[delivery]\nallowed_networks = [\"10.0.0.0/33\"]", #"delivery.allowed_networks: "10.0.0.0/33" is not a network in CIDR form"#),
+        ("[delivery]\nallowed_networks = \"127.0.0.0/8\"", "delivery.allowed_networks must be an array of strings"),
+        ("[delivery]\nmax_queue_lifetime_s = 0", "delivery.max_queue_lifetime_s must be a positive number"),
         ("[queue\npath = 1", "invalid TOML at line 1"),
     ])
     func badFilesNameTheKey(toml: String, expected: String) throws {

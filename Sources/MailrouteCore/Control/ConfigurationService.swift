@@ -30,6 +30,7 @@ public struct ConfigurationService: Sendable {
         var record = SMTPConfigRecord(tenant: tenant, name: name, host: host, fromAddress: from)
         let box = input.password?.isEmpty == false ? try await secretBox() : nil
         try input.apply(to: &record, seal: { try box!.seal($0) })
+        try checkHost(record.host)
         return try await store.insertConfig(record)
     }
 
@@ -37,7 +38,16 @@ public struct ConfigurationService: Sendable {
         var record = try await existing(ref)
         let box = input.password?.isEmpty == false ? try await secretBox() : nil
         try input.apply(to: &record, seal: { try box!.seal($0) })
+        if input.host != nil { try checkHost(record.host) }
         return try await store.updateConfig(record)
+    }
+
+    /// SPEC §4 "Tenant-supplied hosts", early: a clear error at `add`/`edit` for a host that is,
+    /// or resolves now to, an inward address. Delivery checks again at every connection.
+    private func checkHost(_ host: String) throws {
+        if let reason = settings.delivery.networkPolicy.refusal(ofHost: host) {
+            throw MailrouteError.invalid(field: "--host", reason: reason)
+        }
     }
 
     public func existing(_ ref: ConfigRef) async throws -> SMTPConfigRecord {

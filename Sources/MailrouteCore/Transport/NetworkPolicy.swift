@@ -101,15 +101,18 @@ public struct NetworkPolicy: Sendable, Equatable {
         return "\(address) is \(kind); a tenant's server may not be there unless [delivery] allowed_networks lists it"
     }
 
-    /// Why `host` is refused: a literal address, or a name as it resolves now. A name that
-    /// does not resolve (yet) is not refused here; it is checked when it is used.
+    /// Why `host` is refused: a literal address, or a name none of whose addresses may be used
+    /// as it resolves now (a connection uses only the addresses that may be: `localhost` with
+    /// 127.0.0.0/8 listed connects to 127.0.0.1, never to ::1). A name that does not resolve
+    /// (yet) is not refused here; it is checked when it is used.
     public func refusal(ofHost host: String) -> String? {
         let bare = host.hasPrefix("[") && host.hasSuffix("]") ? String(host.dropFirst().dropLast()) : host
         if let literal = IPAddress(bare) { return refusal(of: literal) }
-        for address in Self.resolve(bare) {
-            if let reason = refusal(of: address) { return "\(host) resolves to \(reason)" }
-        }
-        return nil
+        let reasons = Self.resolve(bare).map { refusal(of: $0) }
+        guard !reasons.isEmpty, reasons.allSatisfy({ $0 != nil }) else { return nil }
+        var unique: [String] = []
+        for case let reason? in reasons where !unique.contains(reason) { unique.append(reason) }
+        return "\(host) resolves to \(unique.joined(separator: "; and to "))"
     }
 
     /// The addresses `name` resolves to now (none when it does not resolve).

@@ -12,6 +12,8 @@ final class SMTPEasyHandle {
     let handle: UnsafeMutableRawPointer
     private let errorBuffer: UnsafeMutablePointer<CChar>
     let capture = TranscriptCapture()
+    /// Set when the endpoint has a network policy: the addresses it refused this conversation.
+    private let connectGuard: ConnectGuard?
 
     /// `connectOnly`: a transfer stops after greeting, EHLO, TLS and AUTH, and leaves the
     /// connection open for `curl_easy_send`/`curl_easy_recv` (no QUIT).
@@ -21,6 +23,7 @@ final class SMTPEasyHandle {
         handle = curl_easy_init()!
         errorBuffer = .allocate(capacity: Int(CURL_ERROR_SIZE))
         errorBuffer.initialize(repeating: 0, count: Int(CURL_ERROR_SIZE))
+        connectGuard = endpoint.networkPolicy.map(ConnectGuard.init)
         configure()
         if connectOnly { set(CURLOPT_CONNECT_ONLY, 1) }
     }
@@ -58,6 +61,12 @@ final class SMTPEasyHandle {
         set(CURLOPT_VERBOSE, 1)
         _ = mr_curl_setopt_debug_function(handle, Curl.debugCallback)
         set(CURLOPT_DEBUGDATA, Unmanaged.passUnretained(capture).toOpaque())
+        if let connectGuard {
+            // After name resolution, before connect: the only point where the address libcurl is
+            // about to use is known, so a name that resolves inward is caught however it resolved.
+            _ = mr_curl_setopt_opensocket_function(handle, Curl.openSocketCallback)
+            set(CURLOPT_OPENSOCKETDATA, Unmanaged.passUnretained(connectGuard).toOpaque())
+        }
     }
 
     /// The connection cache this handle takes connections from and returns them to, when it
@@ -69,6 +78,7 @@ final class SMTPEasyHandle {
     /// Starts a new conversation: no transcript, no error text.
     func resetConversation() {
         capture.transcript.reset()
+        connectGuard?.refused = []
         errorBuffer[0] = 0
     }
 
@@ -85,6 +95,10 @@ final class SMTPEasyHandle {
         _ = mr_curl_getinfo_long(handle, CURLINFO_RESPONSE_CODE, &response)
         let message = String(cString: errorBuffer)
         errorBuffer[0] = 0
+        if let refused = connectGuard?.refused, !refused.isEmpty {
+            // Nothing was connected: the address itself is the answer, and it will not change.
+            return DeliveryError(kind: .connectionFailed, text: refused.joined(separator: "; "), isTemporary: false)
+        }
         return FailureClassifier.classify(
             curlCode: code, errorMessage: message, responseCode: response, transcript: capture.transcript,
             reusedConnection: reusedConnection)
@@ -145,6 +159,16 @@ public struct RefusedRecipient: Sendable, Equatable, Codable {
     public var temporary: Bool
 }
 
+/// What the open-socket callback needs, in a class so it can reach it through a pointer.
+final class ConnectGuard {
+    let policy: NetworkPolicy
+    var refused: [String] = []
+
+    init(policy: NetworkPolicy) {
+        self.policy = policy
+    }
+}
+
 /// The transcript lives in a class so libcurl's callback can reach it through a pointer.
 final class TranscriptCapture {
     var transcript = SMTPTranscript()
@@ -170,5 +194,18 @@ enum Curl {
         let chunk = String(decoding: UnsafeRawBufferPointer(start: data, count: size), as: UTF8.self)
         capture.transcript.append(direction, chunk: chunk)
         return 0
+    }
+
+    /// Opens the socket libcurl asks for unless the network policy refuses its address; a
+    /// refused address makes libcurl try the next one, or fail with "couldn't connect".
+    static let openSocketCallback: curl_opensocket_callback = { clientp, _, address in
+        guard let clientp, let address else { return CURL_SOCKET_BAD }
+        let connectGuard = Unmanaged<ConnectGuard>.fromOpaque(clientp).takeUnretainedValue()
+        let target = withUnsafePointer(to: &address.pointee.addr) { IPAddress(sockaddr: $0) }
+        if let target, let reason = connectGuard.policy.refusal(of: target) {
+            if !connectGuard.refused.contains(reason) { connectGuard.refused.append(reason) }
+            return CURL_SOCKET_BAD
+        }
+        return socket(address.pointee.family, address.pointee.socktype, address.pointee.protocol)
     }
 }

@@ -14,6 +14,9 @@ public struct SMTPEndpoint: Sendable, Equatable, CustomStringConvertible {
     public var commandTimeoutSeconds: Double
     /// An idle pooled connection older than this is not reused.
     public var maxIdleSeconds: Double
+    /// Where a tenant's server may be, checked on every address it resolves to as the socket
+    /// is opened; nil for the platform relay, which is the operator's own.
+    public var networkPolicy: NetworkPolicy?
 
     public init(
         host: String, port: Int, security: SMTPSecurity, username: String? = nil, password: String? = nil,
@@ -38,6 +41,7 @@ public struct SMTPEndpoint: Sendable, Equatable, CustomStringConvertible {
             host: config.host, port: config.port, security: config.security, username: config.username, password: password,
             caFile: config.caFile, heloName: delivery.effectiveHeloName, connectTimeoutSeconds: delivery.connectTimeoutSeconds,
             commandTimeoutSeconds: delivery.commandTimeoutSeconds, maxIdleSeconds: delivery.idleTimeoutSeconds)
+        networkPolicy = delivery.networkPolicy
     }
 
     /// `host:port`, as logs and the attempts table show it.

@@ -50,7 +50,11 @@ struct CtlEnvironment {
                 password_file = "pg.password"
                 """
         }
-        var deliveryKeys = ["helo_name": "\"mailroute.test\"", "connect_timeout_s": "5", "command_timeout_s": "5"]
+        // The tests' servers are on loopback, which tenant configurations may use only when listed.
+        var deliveryKeys = [
+            "helo_name": "\"mailroute.test\"", "connect_timeout_s": "5", "command_timeout_s": "5",
+            "allowed_networks": #"["127.0.0.0/8", "::1/128"]"#,
+        ]
         for line in delivery {
             let parts = line.split(separator: "=", maxSplits: 1).map { $0.trimmingCharacters(in: .whitespaces) }
             deliveryKeys[parts[0]] = parts[1]

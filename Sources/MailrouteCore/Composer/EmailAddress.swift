@@ -10,7 +10,8 @@ public struct EmailAddress: Sendable, Hashable, CustomStringConvertible {
     public init(address: String, displayName: String? = nil) throws(EmailAddressError) {
         let parsed = try EmailAddress(parsing: address)
         guard parsed.displayName == nil else { throw EmailAddressError("\"\(address)\" is not a bare address") }
-        if let displayName, displayName.contains(where: { $0 == "\r" || $0 == "\n" || $0 == "\0" }) {
+        // By scalar: CRLF is one Character, equal to neither "\r" nor "\n".
+        if let displayName, displayName.unicodeScalars.contains(where: { $0 == "\r" || $0 == "\n" || $0 == "\0" }) {
             throw EmailAddressError("a display name may not contain CR, LF or NUL")
         }
         self.address = parsed.address
@@ -18,14 +19,14 @@ public struct EmailAddress: Sendable, Hashable, CustomStringConvertible {
     }
 
     public init(parsing text: String) throws(EmailAddressError) {
-        if text.contains(where: { $0 == "\r" || $0 == "\n" || $0 == "\0" }) {
+        if text.unicodeScalars.contains(where: { $0 == "\r" || $0 == "\n" || $0 == "\0" }) {
             throw EmailAddressError("an address may not contain CR, LF or NUL")
         }
         let trimmed = text.trimmingSpaces
         guard !trimmed.isEmpty else { throw EmailAddressError("empty address") }
 
         if trimmed.hasSuffix(">") {
-            guard let open = trimmed.lastIndex(of: "<") else {
+            guard let open = Self.angleOpen(trimmed) else {
                 throw EmailAddressError("\"\(text)\": unbalanced angle brackets")
             }
             let spec = String(trimmed[trimmed.index(after: open)..<trimmed.index(before: trimmed.endIndex)])
@@ -49,6 +50,26 @@ public struct EmailAddress: Sendable, Hashable, CustomStringConvertible {
 
     // MARK: - Grammar
 
+    /// The "<" that opens the angle-addr: the first outside the display name's quoted strings
+    /// (`"a <b>" <x@y>`). Not the last: a quoted local part may hold one (`Name <"a<b"@y>`).
+    private static func angleOpen(_ text: String) -> String.Index? {
+        var inQuotes = false
+        var escaped = false
+        for index in text.indices {
+            let c = text[index]
+            if escaped {
+                escaped = false
+            } else if inQuotes && c == "\\" {
+                escaped = true
+            } else if c == "\"" {
+                inQuotes.toggle()
+            } else if !inQuotes && c == "<" {
+                return index
+            }
+        }
+        return nil
+    }
+
     private static let atext: Set<Character> = Set(
         "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!#$%&'*+-/=?^_`{|}~")
 
@@ -66,8 +87,7 @@ public struct EmailAddress: Sendable, Hashable, CustomStringConvertible {
         guard !local.isEmpty else { throw EmailAddressError("\"\(original)\" has an empty local part") }
         guard local.utf8.count <= 64 else { throw EmailAddressError("\"\(original)\": local part longer than 64 octets") }
         if local.hasPrefix("\"") {
-            guard local.count >= 2, local.hasSuffix("\""),
-                local.dropFirst().dropLast().allSatisfy({ $0.isASCII && $0 != "\"" || $0 == " " })
+            guard local.utf8.count >= 2, local.hasSuffix("\""), isQuotedContent(local.utf8.dropFirst().dropLast())
             else { throw EmailAddressError("\"\(original)\": malformed quoted local part") }
         } else {
             guard local.utf8.allSatisfy({ $0 < 0x80 }) else {
@@ -82,8 +102,27 @@ public struct EmailAddress: Sendable, Hashable, CustomStringConvertible {
         return "\(local)@\(domain)"
     }
 
+    /// RFC 5321 qtextSMTP and quoted-pairSMTP: printable ASCII and space, `"` and `\\` only
+    /// escaped. Checked by byte: a Character such as CRLF counts as ASCII, and would have put a
+    /// line break into the envelope and the To header.
+    private static func isQuotedContent(_ bytes: Substring.UTF8View.SubSequence) -> Bool {
+        var escaped = false
+        for b in bytes {
+            guard (0x20...0x7E).contains(b) else { return false }
+            if escaped {
+                escaped = false
+            } else if b == UInt8(ascii: "\\") {
+                escaped = true
+            } else if b == UInt8(ascii: "\"") {
+                return false
+            }
+        }
+        return !escaped
+    }
+
     private static func validateDomain(_ domain: String, original: String) throws(EmailAddressError) {
         guard !domain.isEmpty else { throw EmailAddressError("\"\(original)\" has an empty domain") }
+        guard domain.utf8.count <= 253 else { throw EmailAddressError("\"\(original)\": domain longer than 253 octets") }
         if domain.hasPrefix("[") {
             guard domain.hasSuffix("]"), domain.count > 2,
                 domain.dropFirst().dropLast().allSatisfy({ $0.isASCII && ($0.isHexDigit || $0 == "." || $0 == ":" || $0.isLetter) })

@@ -14,6 +14,10 @@ public struct IDNAError: Error, CustomStringConvertible, Equatable {
 public enum IDNA {
     public static func toASCII(_ domain: String) throws(IDNAError) -> String {
         if domain.utf8.allSatisfy({ $0 < 0x80 }) { return domain }
+        // Encoding never shortens a name, and Punycode's encoder is quadratic in a label's
+        // length: what could not fit DNS's limits is refused before any work (a 40,000-letter
+        // label held a delivery thread for minutes).
+        guard domain.unicodeScalars.count <= 253 else { throw IDNAError("the name is longer than 253 characters") }
         // The full stops other scripts type are label separators too (UTS #46 §2.3).
         let normalized = domain.precomposedStringWithCanonicalMapping.lowercased()
             .replacingOccurrences(of: "\u{3002}", with: ".")
@@ -25,6 +29,7 @@ public enum IDNA {
                 labels.append(String(label))
                 continue
             }
+            guard label.unicodeScalars.count <= 59 else { throw IDNAError("the label \"\(label.prefix(20))…\" is too long once encoded") }
             for scalar in label.unicodeScalars where !isAllowed(scalar) {
                 throw IDNAError("\"\(scalar)\" (U+\(String(scalar.value, radix: 16, uppercase: true))) cannot be part of a domain name")
             }

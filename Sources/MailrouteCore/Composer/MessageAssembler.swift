@@ -16,7 +16,11 @@ public struct SenderIdentity: Sendable, Equatable {
 /// A queue row that passed the CHECKs but cannot be sent; the row is failed with this reason.
 public struct InvalidMessage: Error, CustomStringConvertible, Equatable {
     public let description: String
-    init(_ description: String) { self.description = description }
+    /// Clipped: reasons quote what the row said, and a row can say megabytes (`last_error`
+    /// and the log line would carry them whole).
+    init(_ description: String) {
+        self.description = description.count > 400 ? description.prefix(400) + "…" : description
+    }
 }
 
 /// Turns a queue row into the bytes and envelope of one SMTP transaction.
@@ -62,6 +66,10 @@ public enum MessageAssembler {
         }
         message.extraHeaders = try headers(row.headers)
         message.attachments = try attachments.map { a in
+            // As the schema's CHECK says, again here: a row can be UPDATEd past it.
+            guard (1...255).contains(a.filename.count) else {
+                throw InvalidMessage("attachment \(a.id ?? 0) file name must be 1-255 characters, not \(a.filename.count)")
+            }
             try checkHeaderText(a.filename, "attachment \(a.id ?? 0) file name")
             try checkContentType(a.contentType, "attachment \(a.id ?? 0) content_type")
             return OutgoingMessage.Attachment(filename: a.filename, contentType: a.contentType, content: [UInt8](a.content))
@@ -99,6 +107,11 @@ public enum MessageAssembler {
             throw InvalidMessage("\(field) \"\(value)\": an attachment cannot be \(parts[0])/*")
         }
         try checkHeaderText(value, field)
+        // It goes into the part's header as it is: printable ASCII, short enough for one line.
+        guard value.utf8.count <= 255 else { throw InvalidMessage("\(field) is longer than 255 octets") }
+        guard value.unicodeScalars.allSatisfy({ (0x20...0x7E).contains($0.value) }) else {
+            throw InvalidMessage("\(field) \"\(value)\" must be printable ASCII")
+        }
     }
 
     static func addresses(_ json: String, column: String) throws -> [EmailAddress] {
@@ -125,6 +138,8 @@ public enum MessageAssembler {
             guard !name.isEmpty, name.utf8.allSatisfy({ $0 > 32 && $0 < 127 && $0 != UInt8(ascii: ":") }) else {
                 throw InvalidMessage("header name \"\(name)\" is not printable ASCII without colon")
             }
+            // Name and first word share a line that may not pass 998 octets.
+            guard name.utf8.count <= 76 else { throw InvalidMessage("header name \(name.prefix(20))… is longer than 76 characters") }
             guard !forbiddenHeaders.contains(name.lowercased()) else {
                 throw InvalidMessage("headers may not set \(name)")
             }

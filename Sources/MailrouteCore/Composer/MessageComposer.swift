@@ -67,8 +67,8 @@ public enum MessageComposer {
         if !message.cc.isEmpty { head.add("Cc", encodeMailboxes(message.cc)) }
         if let replyTo = message.replyTo { head.add("Reply-To", encodeMailboxes([replyTo])) }
         head.add("Message-ID", "<\(messageID)>")
-        head.add("Subject", encodeUnstructured(message.subject))
-        for (name, value) in message.extraHeaders { head.add(name, encodeUnstructured(value)) }
+        head.add("Subject", encodeUnstructured(message.subject, after: "Subject"))
+        for (name, value) in message.extraHeaders { head.add(name, encodeUnstructured(value, after: name)) }
         head.add("MIME-Version", "1.0")
 
         var body = Part.body(text: message.textBody, html: message.htmlBody)
@@ -102,33 +102,69 @@ public enum MessageComposer {
         }.joined(separator: ",\r\n ")
     }
 
-    /// A display name: as is when it is plain atoms, quoted when it has specials, encoded when not ASCII.
+    /// A display name: as is when it is plain atoms, quoted when it has specials, encoded when
+    /// not printable ASCII (control characters included: a quoted string would carry them into
+    /// the header) or too long to sit on one line beside the address.
     static func encodePhrase(_ name: String) -> String {
-        if !name.allSatisfy({ $0.isASCII && !$0.isNewline }) { return encodedWords(name) }
+        guard name.utf8.count <= 76, name.unicodeScalars.allSatisfy({ $0 == "\t" || (0x20...0x7E).contains($0.value) }) else {
+            return encodedWords(name)
+        }
         let atomChars = CharacterSet(charactersIn: "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!#$%&'*+-/=?^_`{|}~ ")
         if name.unicodeScalars.allSatisfy({ atomChars.contains($0) }) { return name }
         let escaped = name.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"")
-        return "\"\(escaped)\""
+        return escaped.utf8.count <= 76 ? "\"\(escaped)\"" : encodedWords(name)
     }
 
-    static func encodeUnstructured(_ text: String) -> String {
-        // Printable ASCII and tab go as they are; anything else, control characters included,
-        // only ever inside an encoded word, where it cannot end the header.
+    /// The value of the field `name`. Printable ASCII and tab go as they are, folded before
+    /// whitespace so lines stay near 78 octets; anything else, control characters included,
+    /// only ever inside an encoded word, where it cannot end the header. Encoded words also
+    /// carry ASCII that looks like one, and text that no folding keeps under 998 octets a line
+    /// (a word that long, or a run of blanks).
+    static func encodeUnstructured(_ text: String, after name: String) -> String {
         let plain = text.unicodeScalars.allSatisfy { $0 == "\t" || (0x20...0x7E).contains($0.value) }
-        // Encoded words also carry ASCII that looks like one, or words too long to fold.
-        if plain && !text.contains("=?") && !text.split(separator: " ").contains(where: { $0.utf8.count > 900 }) {
-            return text
-        }
+        if plain && !text.contains("=?"), let folded = foldPlain(text, used: name.utf8.count + 2) { return folded }
         return encodedWords(text)
     }
 
-    /// RFC 2047 B-encoding in words of at most 75 octets, split on character boundaries.
+    /// Printable ASCII folded (CRLF inserted before a run of blanks) where a line would pass
+    /// 78 octets, `used` of the first taken by the field name; nil when a line would still
+    /// pass 998. Unfolding (removing each CRLF) gives `text` back. A line of blanks alone is
+    /// never made.
+    static func foldPlain(_ text: String, used: Int) -> String? {
+        let bytes = Array(text.utf8)
+        if used + bytes.count <= 78 { return text }
+        func isBlank(_ b: UInt8) -> Bool { b == 32 || b == 9 }
+        var out: [UInt8] = []
+        out.reserveCapacity(bytes.count + bytes.count / 30 + 2)
+        var lineLength = used
+        var i = 0
+        while i < bytes.count {
+            // One token: a run of blanks, then a run of other characters.
+            var j = i
+            while j < bytes.count, isBlank(bytes[j]) { j += 1 }
+            var k = j
+            while k < bytes.count, !isBlank(bytes[k]) { k += 1 }
+            if i > 0, j > i, k > j, lineLength + (k - i) > 78 {
+                out += [13, 10]
+                lineLength = 0
+            }
+            out += bytes[i..<k]
+            lineLength += k - i
+            if lineLength > 998 { return nil }
+            i = k
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    /// RFC 2047 B-encoding in words of at most 75 octets, split between Unicode scalars (the
+    /// "characters" of RFC 2047 §5): a grapheme cluster can be longer than any word, such as a
+    /// letter with a thousand combining marks.
     static func encodedWords(_ text: String) -> String {
         let maxPayload = 45  // 45 bytes -> 60 base64 chars + 12 of framing = 72
         var words: [String] = []
         var chunk: [UInt8] = []
-        for character in text {
-            let bytes = Array(String(character).utf8)
+        for scalar in text.unicodeScalars {
+            let bytes = Array(String(scalar).utf8)
             if chunk.count + bytes.count > maxPayload, !chunk.isEmpty {
                 words.append("=?UTF-8?B?\(Data(chunk).base64EncodedString())?=")
                 chunk.removeAll()
@@ -161,10 +197,11 @@ public enum MessageComposer {
 
         static func attachment(_ a: OutgoingMessage.Attachment) -> Part {
             let name = parameterValue(a.filename)
+            // The name on a line of its own: a long one is folded inside its quotes.
             return .leaf(
                 headers: [
-                    ("Content-Type", "\(a.contentType); name=\(name)"),
-                    ("Content-Disposition", "attachment; filename=\(name)"),
+                    ("Content-Type", "\(a.contentType);\r\n name=\(name)"),
+                    ("Content-Disposition", "attachment;\r\n filename=\(name)"),
                     ("Content-Transfer-Encoding", "base64"),
                 ],
                 body: base64Lines(a.content))
@@ -204,10 +241,14 @@ public enum MessageComposer {
         return String(decoding: out, as: UTF8.self)
     }
 
-    /// A MIME parameter value: quoted ASCII, or an encoded word for other names (what mail clients read).
+    /// A MIME parameter value: quoted printable ASCII, or encoded words for other names (what
+    /// mail clients read), folded inside the quotes (a quoted string may hold folding white
+    /// space, RFC 5322 §3.2.4) so a long name keeps every line under 998 octets.
     static func parameterValue(_ value: String) -> String {
-        if value.allSatisfy({ $0.isASCII && $0 >= " " && $0 != "\"" && $0 != "\\" }) { return "\"\(value)\"" }
-        return "\"\(encodedWords(value).replacingOccurrences(of: "\r\n ", with: " "))\""
+        if value.utf8.count <= 900, value.unicodeScalars.allSatisfy({ (0x20...0x7E).contains($0.value) && $0 != "\"" && $0 != "\\" }) {
+            return "\"\(value)\""
+        }
+        return "\"\(encodedWords(value))\""
     }
 
     /// Quoted-printable (RFC 2045) over UTF-8 with CRLF line ends and soft breaks at 76.

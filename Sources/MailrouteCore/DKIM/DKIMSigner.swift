@@ -99,8 +99,17 @@ struct HeaderFields {
             let name = raw.prefix { $0 != UInt8(ascii: ":") }
             fields.append(Field(raw: raw, lowercasedName: String(decoding: name, as: UTF8.self).trimmingCharacters(in: .whitespaces).lowercased()))
         }
+        /// The next CRLF from `start`: a bare CR is part of a field, not its end.
+        func nextCRLF(_ start: Int) -> Int? {
+            var from = start
+            while let cr = message[from...].firstIndex(of: 13) {
+                if cr + 1 < end, message[cr + 1] == 10 { return cr }
+                from = cr + 1
+            }
+            return nil
+        }
         while index < end {
-            guard let cr = message[index...].firstIndex(of: 13), cr + 1 < end, message[cr + 1] == 10 else {
+            guard let cr = nextCRLF(index) else {
                 // No CRLF: the rest is one last field and there is no body.
                 close(end)
                 return (fields, end)
@@ -132,7 +141,8 @@ enum Canonical {
         guard let colon = raw.firstIndex(of: UInt8(ascii: ":")) else { return Array(raw) + [13, 10] }
         var out: [UInt8] = []
         out.reserveCapacity(raw.count + 2)
-        for b in raw[..<colon] where !isWSP(b) {
+        // The name is unfolded too: no CR or LF survives canonicalization.
+        for b in raw[..<colon] where !isWSP(b) && b != 13 && b != 10 {
             out.append(b >= 65 && b <= 90 ? b + 32 : b)
         }
         out.append(UInt8(ascii: ":"))

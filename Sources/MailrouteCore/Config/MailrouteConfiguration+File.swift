@@ -51,6 +51,7 @@ extension MailrouteConfiguration {
     /// Every key the file may hold is read here, and nowhere else.
     public init(toml: String, baseDirectory: String) throws {
         self.init()
+        if let problem = Self.lexicalProblem(toml) { throw ConfigFileError(problem) }
         let root: TOMLTable
         do {
             root = try TOMLTable(string: toml)
@@ -137,6 +138,92 @@ extension MailrouteConfiguration {
             try t.finish()
         }
         try file.finish()
+    }
+}
+
+extension MailrouteConfiguration {
+    /// What toml++ must never be handed: it asserts (aborting the program; in a release build
+    /// the assertion is an optimizer assumption) on some characters where a key should start,
+    /// such as a form feed, "=" or a line end after the "[" of a table header (its parse_key
+    /// checks the first character only by assertion). None of them is valid TOML anyway: raw
+    /// control characters but tab (C1 and U+2028/U+2029 included) are refused everywhere,
+    /// anything but ASCII outside strings and comments, and a table header that does not start
+    /// with a key. Nil when the text may go to the parser.
+    static func lexicalProblem(_ toml: String) -> String? {
+        enum State { case normal, comment, basic, literal, multilineBasic, multilineLiteral }
+        let s = Array(toml.unicodeScalars)
+        func at(_ i: Int) -> Unicode.Scalar? { i < s.count ? s[i] : nil }
+        func hex(_ c: Unicode.Scalar) -> String { "U+" + String(format: "%04X", c.value) }
+        func isKeyStart(_ c: Unicode.Scalar?) -> Bool {
+            guard let c else { return true }  // the end: the parser reports it
+            return c.isASCII && (c.properties.isAlphabetic || ("0"..."9").contains(c) || "_-\"']".unicodeScalars.contains(c))
+        }
+        var state = State.normal
+        var line = 1
+        // Brackets open outside strings: a "[" at the start of a line is a table header only at 0.
+        var depth = 0
+        var lineStart = true
+        var i = s.first == "\u{FEFF}" ? 1 : 0  // a byte order mark, as Windows editors write, is fine
+        while i < s.count {
+            let c = s[i]
+            if c == "\r" {
+                guard at(i + 1) == "\n" else { return "invalid TOML at line \(line): a carriage return must be followed by a line feed" }
+                i += 1
+                continue
+            }
+            if c == "\n" {
+                line += 1
+                lineStart = true
+                // A single-line string or a comment ends here (an unterminated string is the parser's to report).
+                if state == .comment || state == .basic || state == .literal { state = .normal }
+                i += 1
+                continue
+            }
+            if (c.value < 0x20 && c != "\t") || (0x7F...0x9F).contains(c.value) || c == "\u{2028}" || c == "\u{2029}" {
+                return "invalid TOML at line \(line): control character \(hex(c)) (write it as an escape in a string)"
+            }
+            switch state {
+            case .normal:
+                if c == "[" && lineStart && depth == 0 {
+                    var j = i + 1
+                    while at(j) == " " || at(j) == "\t" { j += 1 }
+                    if at(j) == "[" && j == i + 1 {
+                        j += 1
+                        while at(j) == " " || at(j) == "\t" { j += 1 }
+                    }
+                    guard isKeyStart(at(j)) else { return "invalid TOML at line \(line): a table name must follow \"[\"" }
+                }
+                if c == "[" || c == "{" { depth += 1 }
+                if c == "]" || c == "}" { depth = max(0, depth - 1) }
+                if c != " " && c != "\t" { lineStart = false }
+                if c == "#" {
+                    state = .comment
+                } else if c == "\"" {
+                    if at(i + 1) == "\"", at(i + 2) == "\"" { state = .multilineBasic; i += 3; continue }
+                    state = .basic
+                } else if c == "'" {
+                    if at(i + 1) == "'", at(i + 2) == "'" { state = .multilineLiteral; i += 3; continue }
+                    state = .literal
+                } else if c.value >= 0x80 {
+                    return "invalid TOML at line \(line): \(hex(c)) outside a string or comment (keys are ASCII; quote the value)"
+                }
+            case .comment:
+                break
+            case .basic, .multilineBasic:
+                if c == "\\" {
+                    i += at(i + 1) == "\n" || at(i + 1) == "\r" ? 1 : 2  // a line-ending backslash: the newline is counted above
+                    continue
+                }
+                if state == .basic, c == "\"" { state = .normal }
+                if state == .multilineBasic, c == "\"", at(i + 1) == "\"", at(i + 2) == "\"" { state = .normal; i += 3; continue }
+            case .literal:
+                if c == "'" { state = .normal }
+            case .multilineLiteral:
+                if c == "'", at(i + 1) == "'", at(i + 2) == "'" { state = .normal; i += 3; continue }
+            }
+            i += 1
+        }
+        return nil
     }
 }
 

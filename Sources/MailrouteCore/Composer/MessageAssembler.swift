@@ -40,6 +40,7 @@ public enum MessageAssembler {
     public static func assemble(
         _ row: MessageRecord, attachments: [AttachmentRecord], identity: SenderIdentity, now: Date = Date()
     ) throws -> Assembled {
+        if let defect = row.textDefect { throw InvalidMessage(defect) }
         if let name = identity.name { try checkHeaderText(name, "from_name") }
         let from: EmailAddress
         do {

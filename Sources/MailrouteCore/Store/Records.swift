@@ -144,6 +144,17 @@ public struct MessageRecord: Codable, Sendable, Equatable, FetchableRecord, Muta
     public var sentAt: Double?
     /// Set when the daemon admits the row; claiming orders by it.
     public var effectivePriority: Int?
+    /// Not a column: why the row's TEXT cannot be read as text (a NUL byte, or bytes that are
+    /// not UTF-8, which SQLite stores as given). Such a row fails `invalid_message` with this
+    /// reason instead of being sent cut short or with U+FFFD in it.
+    public var textDefect: String?
+
+    /// Every stored property but `textDefect`, which is never written to the database.
+    enum CodingKeys: String, CodingKey {
+        case id, tenant, advertiser, cname, category, priority, sendAt, expiresAt, mailFrom, fromName, replyTo, rcptTo, cc, bcc
+        case subject, textBody, htmlBody, headers, idempotencyKey, status, attempts, nextAttemptAt, leaseUntil, configId, route
+        case lastErrorKind, lastError, smtpResponse, messageIdHeader, createdAt, sentAt, effectivePriority
+    }
 
     public init(category: String, rcptTo: String, subject: String) {
         self.category = category
@@ -246,25 +257,27 @@ public struct MessageRecord: Codable, Sendable, Equatable, FetchableRecord, Muta
     }
 
     private init(positional row: Row) {
+        var defect: String?
         id = row[0]
-        tenant = row[1]
-        advertiser = row[2]
-        cname = row[3]
-        category = row[4]
+        tenant = Self.text(row, 1, "tenant", &defect)
+        advertiser = Self.text(row, 2, "advertiser", &defect)
+        cname = Self.text(row, 3, "cname", &defect)
+        category = Self.text(row, 4, "category", &defect) ?? ""
         priority = row[5]
         sendAt = row[6]
         expiresAt = row[7]
-        mailFrom = row[8]
-        fromName = row[9]
-        replyTo = row[10]
-        rcptTo = row[11]
-        cc = row[12]
-        bcc = row[13]
-        subject = row[14]
-        textBody = row[15]
-        htmlBody = row[16]
-        headers = row[17]
-        idempotencyKey = row[18]
+        mailFrom = Self.text(row, 8, "mail_from", &defect)
+        fromName = Self.text(row, 9, "from_name", &defect)
+        replyTo = Self.text(row, 10, "reply_to", &defect)
+        rcptTo = Self.text(row, 11, "rcpt_to", &defect) ?? ""
+        cc = Self.text(row, 12, "cc", &defect)
+        bcc = Self.text(row, 13, "bcc", &defect)
+        subject = Self.text(row, 14, "subject", &defect) ?? ""
+        textBody = Self.text(row, 15, "text_body", &defect)
+        htmlBody = Self.text(row, 16, "html_body", &defect)
+        headers = Self.text(row, 17, "headers", &defect)
+        idempotencyKey = Self.text(row, 18, "idempotency_key", &defect)
+        textDefect = defect
         status = MessageStatus(rawValue: row[19] ?? "") ?? .queued
         attempts = row[20] ?? 0
         nextAttemptAt = row[21]
@@ -278,6 +291,31 @@ public struct MessageRecord: Codable, Sendable, Equatable, FetchableRecord, Muta
         createdAt = row[29]
         sentAt = row[30]
         effectivePriority = row[31]
+    }
+
+    /// An enqueuer's TEXT column as SQLite holds it. GRDB decodes TEXT through
+    /// `String(cString:)`, which stops at the first NUL and silently repairs bytes that are not
+    /// UTF-8: a body cut short at a NUL, or a subject with U+FFFD, would be sent as if they were
+    /// what the row said. The bytes are read instead (without a copy, on the claim's statement);
+    /// a NUL or invalid UTF-8 becomes the row's `textDefect`. No slower: one scan for NUL and
+    /// one validation, as `String(cString:)` did.
+    private static func text(_ row: Row, _ index: Int, _ column: String, _ defect: inout String?) -> String? {
+        var found: String?
+        let value = try? row.withUnsafeData(atIndex: index) { data -> String? in
+            guard let data else { return nil }
+            return data.withUnsafeBytes { raw -> String in
+                let bytes = raw.bindMemory(to: UInt8.self)
+                guard let base = raw.baseAddress, !bytes.isEmpty else { return "" }
+                if let nul = memchr(base, 0, bytes.count) {
+                    found = "\(column) holds a NUL byte (at byte \(base.distance(to: UnsafeRawPointer(nul))))"
+                }
+                if let text = String(validating: bytes, as: UTF8.self) { return text }
+                if found == nil { found = "\(column) is not valid UTF-8 text" }
+                return String(decoding: bytes, as: UTF8.self)
+            }
+        }
+        if defect == nil { defect = found }
+        return value ?? row[index]
     }
 
     public mutating func didInsert(_ inserted: InsertionSuccess) {

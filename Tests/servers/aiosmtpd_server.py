@@ -30,6 +30,7 @@ def parse_args():
     p.add_argument("--reject-from", action="append", default=[])
     p.add_argument("--reject-rcpt", action="append", default=[])
     p.add_argument("--tempfail-rcpt", action="append", default=[])
+    p.add_argument("--no-size-limit", action="store_true", help="accept DATA of any size (aiosmtpd's default limit is 32 MiB)")
     return p.parse_args()
 
 
@@ -107,6 +108,8 @@ def main():
 
     def factory():
         kwargs = dict(hostname="mx.test.invalid", ident="Mailroute test server")
+        if args.no_size_limit:
+            kwargs.update(data_size_limit=None)
         if args.starttls:
             kwargs.update(tls_context=context, require_starttls=True)
         if args.auth:

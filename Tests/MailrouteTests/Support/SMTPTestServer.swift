@@ -16,6 +16,8 @@ final class SMTPTestServer: @unchecked Sendable {
         var rejectFrom: [String] = []
         var rejectRecipients: [String] = []
         var tempfailRecipients: [String] = []
+        /// Accept DATA of any size (aiosmtpd refuses more than 32 MiB with 552 by default).
+        var noSizeLimit = false
     }
 
     /// An aiosmtpd server with the given behaviour.
@@ -32,6 +34,7 @@ final class SMTPTestServer: @unchecked Sendable {
         for a in options.rejectFrom { arguments += ["--reject-from", a] }
         for a in options.rejectRecipients { arguments += ["--reject-rcpt", a] }
         for a in options.tempfailRecipients { arguments += ["--tempfail-rcpt", a] }
+        if options.noSizeLimit { arguments.append("--no-size-limit") }
         try self.init(script: "aiosmtpd_server.py", arguments: arguments)
     }
 

@@ -247,7 +247,7 @@ enum Wire {
 
     @Test func theParserAcceptsOnlyWhatIsSafeAndSaysWhyElse() {
         var accepted = 0
-        Property.check("EmailAddress(parsing:)", count: 6000, seconds: 4) { g in
+        let ran = Property.check("EmailAddress(parsing:)", count: 6000, seconds: 4) { g in
             let text = g.chance(0.6) ? g.address() : g.hostileText(10, max: 300)
             g.note("text", text)
             do {
@@ -258,7 +258,8 @@ enum Wire {
                 return "\(error)".isEmpty || !(error is EmailAddressError) ? ["not a clean EmailAddressError: \(error)"] : []
             }
         }
-        #expect(accepted > 300, "too few addresses accepted (\(accepted)) to say much")
+        // Relative to the cases run: a loaded machine runs fewer within the time bound.
+        #expect(accepted * 40 > ran, "too few addresses accepted (\(accepted) of \(ran)) to say much")
     }
 
     @Test func aDisplayNameGivenApartIsCheckedToo() {
@@ -525,7 +526,7 @@ enum Wire {
     @Test func anyFileIsAConfigurationOrAnErrorNamingTheKey() {
         var valid = 0
         var errors = 0
-        Property.check("config file", count: 3000, seconds: 5) { g in
+        let ran = Property.check("config file", count: 3000, seconds: 5) { g in
             let text = Self.document(&g)
             g.note("toml", text)
             do {
@@ -542,7 +543,7 @@ enum Wire {
                 return ["not a ConfigFileError: \(type(of: error)) \(error)"]
             }
         }
-        #expect(valid > 100 && errors > 100, "\(valid) valid, \(errors) refused")
+        #expect(valid * 60 > ran && errors * 60 > ran, "\(valid) valid, \(errors) refused of \(ran)")
     }
 }
 

@@ -139,6 +139,20 @@ import Testing
         for (column, id) in failed { try Self.expectInvalid(daemon, id, naming: column) }
         for (column, message) in refused { #expect(message.contains(column), "refused at INSERT without naming \(column): \(message)") }
         #expect(failed.count + refused.count == cases.count)
+        // An attachment's file name and content type: a NUL passed the filename CHECK (SQLite's
+        // length() stops at it) and cut the name short.
+        for (column, expression) in [("filename", "'report' || char(0) || '.exe'"), ("filename", "CAST(x'72c3287028' AS TEXT)"),
+                                     ("content_type", "'text/plain' || char(0) || '; x'")] {
+            let id = try daemon.db.write { db -> Int64 in
+                try db.execute(sql: "INSERT INTO messages (tenant, category, rcpt_to, subject, text_body) VALUES ('acme', 'report', '[\"to@example.com\"]', 'att', 'b')")
+                let id = db.lastInsertedRowID
+                let filename = column == "filename" ? expression : "'a.txt'"
+                let type = column == "content_type" ? expression : "'text/plain'"
+                try db.execute(sql: "INSERT INTO attachments (message_id, filename, content_type, content) VALUES (?, \(filename), \(type), x'00ff')", arguments: [id])
+                return id
+            }
+            try Self.expectInvalid(daemon, id, naming: column)
+        }
         #expect(server.messages().count == 1, "only the normal message left: \(server.messages().map { $0.header("Subject") ?? "" })")
     }
 

@@ -67,6 +67,7 @@ public enum MessageAssembler {
         }
         message.extraHeaders = try headers(row.headers)
         message.attachments = try attachments.map { a in
+            if let defect = a.textDefect { throw InvalidMessage("attachment \(a.id ?? 0) \(defect)") }
             // As the schema's CHECK says, again here: a row can be UPDATEd past it.
             guard (1...255).contains(a.filename.count) else {
                 throw InvalidMessage("attachment \(a.id ?? 0) file name must be 1-255 characters, not \(a.filename.count)")

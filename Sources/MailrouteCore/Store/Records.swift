@@ -259,24 +259,24 @@ public struct MessageRecord: Codable, Sendable, Equatable, FetchableRecord, Muta
     private init(positional row: Row) {
         var defect: String?
         id = row[0]
-        tenant = Self.text(row, 1, "tenant", &defect)
-        advertiser = Self.text(row, 2, "advertiser", &defect)
-        cname = Self.text(row, 3, "cname", &defect)
-        category = Self.text(row, 4, "category", &defect) ?? ""
+        tenant = sqliteText(row, 1, "tenant", &defect)
+        advertiser = sqliteText(row, 2, "advertiser", &defect)
+        cname = sqliteText(row, 3, "cname", &defect)
+        category = sqliteText(row, 4, "category", &defect) ?? ""
         priority = row[5]
         sendAt = row[6]
         expiresAt = row[7]
-        mailFrom = Self.text(row, 8, "mail_from", &defect)
-        fromName = Self.text(row, 9, "from_name", &defect)
-        replyTo = Self.text(row, 10, "reply_to", &defect)
-        rcptTo = Self.text(row, 11, "rcpt_to", &defect) ?? ""
-        cc = Self.text(row, 12, "cc", &defect)
-        bcc = Self.text(row, 13, "bcc", &defect)
-        subject = Self.text(row, 14, "subject", &defect) ?? ""
-        textBody = Self.text(row, 15, "text_body", &defect)
-        htmlBody = Self.text(row, 16, "html_body", &defect)
-        headers = Self.text(row, 17, "headers", &defect)
-        idempotencyKey = Self.text(row, 18, "idempotency_key", &defect)
+        mailFrom = sqliteText(row, 8, "mail_from", &defect)
+        fromName = sqliteText(row, 9, "from_name", &defect)
+        replyTo = sqliteText(row, 10, "reply_to", &defect)
+        rcptTo = sqliteText(row, 11, "rcpt_to", &defect) ?? ""
+        cc = sqliteText(row, 12, "cc", &defect)
+        bcc = sqliteText(row, 13, "bcc", &defect)
+        subject = sqliteText(row, 14, "subject", &defect) ?? ""
+        textBody = sqliteText(row, 15, "text_body", &defect)
+        htmlBody = sqliteText(row, 16, "html_body", &defect)
+        headers = sqliteText(row, 17, "headers", &defect)
+        idempotencyKey = sqliteText(row, 18, "idempotency_key", &defect)
         textDefect = defect
         status = MessageStatus(rawValue: row[19] ?? "") ?? .queued
         attempts = row[20] ?? 0
@@ -291,31 +291,6 @@ public struct MessageRecord: Codable, Sendable, Equatable, FetchableRecord, Muta
         createdAt = row[29]
         sentAt = row[30]
         effectivePriority = row[31]
-    }
-
-    /// An enqueuer's TEXT column as SQLite holds it. GRDB decodes TEXT through
-    /// `String(cString:)`, which stops at the first NUL and silently repairs bytes that are not
-    /// UTF-8: a body cut short at a NUL, or a subject with U+FFFD, would be sent as if they were
-    /// what the row said. The bytes are read instead (without a copy, on the claim's statement);
-    /// a NUL or invalid UTF-8 becomes the row's `textDefect`. No slower: one scan for NUL and
-    /// one validation, as `String(cString:)` did.
-    private static func text(_ row: Row, _ index: Int, _ column: String, _ defect: inout String?) -> String? {
-        var found: String?
-        let value = try? row.withUnsafeData(atIndex: index) { data -> String? in
-            guard let data else { return nil }
-            return data.withUnsafeBytes { raw -> String in
-                let bytes = raw.bindMemory(to: UInt8.self)
-                guard let base = raw.baseAddress, !bytes.isEmpty else { return "" }
-                if let nul = memchr(base, 0, bytes.count) {
-                    found = "\(column) holds a NUL byte (at byte \(base.distance(to: UnsafeRawPointer(nul))))"
-                }
-                if let text = String(validating: bytes, as: UTF8.self) { return text }
-                if found == nil { found = "\(column) is not valid UTF-8 text" }
-                return String(decoding: bytes, as: UTF8.self)
-            }
-        }
-        if defect == nil { defect = found }
-        return value ?? row[index]
     }
 
     public mutating func didInsert(_ inserted: InsertionSuccess) {
@@ -333,6 +308,33 @@ public struct AttachmentRecord: Codable, Sendable, Equatable, FetchableRecord, M
     public var filename: String
     public var contentType: String
     public var content: Data
+    /// Not a column: as `MessageRecord.textDefect`, for the file name and content type.
+    public var textDefect: String?
+
+    enum CodingKeys: String, CodingKey {
+        case id, messageId, filename, contentType, content
+    }
+
+    public init(id: Int64? = nil, messageId: Int64, filename: String, contentType: String, content: Data) {
+        self.id = id
+        self.messageId = messageId
+        self.filename = filename
+        self.contentType = contentType
+        self.content = content
+    }
+
+    /// By hand, for the TEXT columns' bytes (`sqliteText`): a NUL in a file name passed the
+    /// CHECK (SQLite's length() stops at it) and the name was cut there.
+    public init(row: Row) throws {
+        var defect: String?
+        let names = Array(row.columnNames).map { $0.lowercased() }
+        id = row["id"]
+        messageId = row["message_id"]
+        filename = names.firstIndex(of: "filename").flatMap { sqliteText(row, $0, "filename", &defect) } ?? ""
+        contentType = names.firstIndex(of: "content_type").flatMap { sqliteText(row, $0, "content_type", &defect) } ?? ""
+        content = row["content"] ?? Data()
+        textDefect = defect
+    }
 
     public enum Columns {
         public static let messageId = Column("message_id")
@@ -397,4 +399,29 @@ public struct AttemptRecord: Codable, Sendable, Equatable, FetchableRecord, Tabl
         [messageId, attempt, at, configId, configLabel, route?.rawValue, server, outcome.rawValue,
          errorKind, smtpCode, enhancedCode, response, refusedRecipients, durationS]
     }
+}
+
+/// An enqueuer's TEXT column as SQLite holds it. GRDB decodes TEXT through
+/// `String(cString:)`, which stops at the first NUL and silently repairs bytes that are not
+/// UTF-8: a body cut short at a NUL, or a subject with U+FFFD, would be sent as if they were
+/// what the row said. The bytes are read instead (without a copy, on the claim's statement);
+/// a NUL or invalid UTF-8 becomes the row's `textDefect`. No slower: one scan for NUL and
+/// one validation, as `String(cString:)` did.
+fileprivate func sqliteText(_ row: Row, _ index: Int, _ column: String, _ defect: inout String?) -> String? {
+    var found: String?
+    let value = try? row.withUnsafeData(atIndex: index) { data -> String? in
+        guard let data else { return nil }
+        return data.withUnsafeBytes { raw -> String in
+            let bytes = raw.bindMemory(to: UInt8.self)
+            guard let base = raw.baseAddress, !bytes.isEmpty else { return "" }
+            if let nul = memchr(base, 0, bytes.count) {
+                found = "\(column) holds a NUL byte (at byte \(base.distance(to: UnsafeRawPointer(nul))))"
+            }
+            if let text = String(validating: bytes, as: UTF8.self) { return text }
+            if found == nil { found = "\(column) is not valid UTF-8 text" }
+            return String(decoding: bytes, as: UTF8.self)
+        }
+    }
+    if defect == nil { defect = found }
+    return value ?? row[index]
 }

@@ -76,8 +76,9 @@ struct EnqueueCommand: CtlCommand {
     }
 
     private func parseTime(_ text: String) throws -> Double {
-        if text.hasPrefix("+"), let seconds = Double(text.dropFirst()) { return Date().timeIntervalSince1970 + seconds }
-        if let seconds = Double(text) { return seconds }
+        // Double() also reads "nan" and "inf": SQLite stores a NaN as NULL, which means now.
+        if text.hasPrefix("+"), let seconds = Double(text.dropFirst()), seconds.isFinite { return Date().timeIntervalSince1970 + seconds }
+        if let seconds = Double(text), seconds.isFinite { return seconds }
         let formatter = ISO8601DateFormatter()
         if let date = formatter.date(from: text) { return date.timeIntervalSince1970 }
         throw MailrouteError.invalid(field: "--send-at", reason: "\"\(text)\" is not Unix seconds, ISO 8601 or +SECONDS")

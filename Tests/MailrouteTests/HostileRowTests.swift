@@ -179,6 +179,20 @@ import Testing
 
     // MARK: - Times
 
+    /// Swift's Double() reads "nan": `--send-at nan` was a NaN, stored by SQLite as NULL, and
+    /// the message went at once.
+    @Test(arguments: ["nan", "+nan", "inf", "-inf", "+inf", "NaN"])
+    func mailroutectlRefusesASendAtThatIsNotANumber(_ value: String) throws {
+        let env = try CtlEnvironment()
+        let body = env.directory.appendingPathComponent("body.txt")
+        try "Body".write(to: body, atomically: true, encoding: .utf8)
+        let result = try env.ctl(
+            "enqueue", "--tenant", "acme", "--category", "report", "--to", "a@example.com", "--subject", "Hi", "--text", body.path,
+            "--send-at=\(value)")
+        #expect(result.status == 1, "\(result.output)")
+        #expect(result.stderr.contains("--send-at"), "\(result.stderr)")
+    }
+
     /// 1e300 and infinities are refused at INSERT naming the column. NaN has no SQLite value:
     /// bound as a double it is stored as NULL (sqlite3_bind_double), which means "now", so
     /// the row is sent at once; PostgreSQL has a NaN, which its trigger refuses.

@@ -639,6 +639,14 @@ enum Wire {
         #expect(throws: EmailAddressError.self) { try EmailAddress(parsing: "a@[" + String(repeating: "1", count: 5000) + "]") }
     }
 
+    /// Deeply nested JSON where a list or an object belongs: a clean refusal, not a stack overflow.
+    @Test func deeplyNestedJSONIsRefusedCleanly() {
+        let deep = String(repeating: "[", count: 100_000) + String(repeating: "]", count: 100_000)
+        #expect(throws: InvalidMessage.self) { try Self.compose { $0.rcptTo = deep } }
+        #expect(throws: InvalidMessage.self) { try Self.compose { $0.cc = "[" + deep + "]" } }
+        #expect(throws: InvalidMessage.self) { try Self.compose { $0.headers = "{\"X-A\": " + deep + "}" } }
+    }
+
     /// A reason quotes the row; a row can say megabytes.
     @Test func reasonsAreClipped() {
         do {

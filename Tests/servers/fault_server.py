@@ -210,18 +210,18 @@ async def session(reader, writer):
                 if args.delay_rcpt:
                     await asyncio.sleep(args.delay_rcpt)
                 if fault("drop_rcpt"):
-                    event("drop_rcpt")
+                    event("drop_rcpt", rcpt=address)
                     writer.transport.abort()
                     return
                 if fault("stall"):
-                    event("stall", at="rcpt")
+                    event("stall", at="rcpt", rcpt=address)
                     await asyncio.sleep(args.stall_seconds)
                     writer.transport.abort()
                     return
                 if args.reject_rcpt_prefix and address.split("@")[0].startswith(args.reject_rcpt_prefix):
                     writer.write(b"550 5.1.1 <%s>: Recipient address rejected: User unknown in soak table\r\n" % address.encode())
                 elif fault("rcpt_452"):
-                    event("rcpt_452")
+                    event("rcpt_452", rcpt=address)
                     writer.write(b"452 4.3.1 <%s>: Insufficient system storage\r\n" % address.encode())
                 elif address in args.reject_rcpt:
                     writer.write(b"550 5.1.1 <%s>: Recipient address rejected: User unknown\r\n" % address.encode())

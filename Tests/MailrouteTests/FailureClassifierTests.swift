@@ -77,6 +77,27 @@ import Testing
         #expect(tempRcpt.isTemporary)
     }
 
+    /// The chaos soak's finding: [452, 550] failed the message for good, dropping the recipient
+    /// that had only been asked to come back; [550, 452] deferred it.
+    @Test func everyRecipientRefusedIsTemporaryWhenOneRefusalIs() {
+        let refusals = [("good@y.z", "452 4.3.1 Insufficient system storage"), ("gone@y.z", "550 5.1.1 User unknown")]
+        for order in [refusals, refusals.reversed()] {
+            var lines = greeted + [(.client, "MAIL FROM:<a@b.c>"), (.server, "250 ok")]
+            for (address, reply) in order { lines += [(.client, "RCPT TO:<\(address)>"), (.server, reply)] }
+            let last = Int(order.last!.1.prefix(3))!
+            let error = classify(55, "RCPT failed: \(last) (last error)", response: last, lines)
+            #expect(error.kind == .temporaryFailure)
+            #expect(error.isTemporary)
+            #expect(error.smtpCode == 452)
+            #expect(error.text == "452 4.3.1 Insufficient system storage")
+        }
+        let allPermanent = classify(55, "RCPT failed: 550 (last error)", response: 550, greeted + [
+            (.client, "RCPT TO:<a@y.z>"), (.server, "550 5.1.1 User unknown"), (.client, "RCPT TO:<b@y.z>"), (.server, "553 5.1.3 Bad address"),
+        ])
+        #expect(allPermanent.kind == .recipientRejected)
+        #expect(!allPermanent.isTemporary)
+    }
+
     @Test func rejectionAfterDataIsAMessageRejection() {
         let lines = greeted + [
             (.client, "MAIL FROM:<a@b.c>"), (.server, "250 ok"), (.client, "RCPT TO:<x@y.z>"), (.server, "250 ok"),

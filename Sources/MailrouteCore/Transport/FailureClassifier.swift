@@ -74,6 +74,14 @@ public enum FailureClassifier {
         case Code.sendError where errorMessage.hasPrefix("MAIL failed"):
             return fromReply(.fromRejected)
         case Code.sendError where errorMessage.hasPrefix("RCPT failed"):
+            // Every recipient refused: permanent only if every refusal was (SPEC §4, "5xx for
+            // every recipient"). A 4xx for one of them is that recipient asking us to come back,
+            // whichever came last; failing on the last 550 would drop it.
+            if let temporary = transcript.recipientReplies.last(where: { (400..<500).contains($0.reply.code) })?.reply {
+                return DeliveryError(
+                    kind: .temporaryFailure, smtpCode: temporary.code, enhancedCode: temporary.enhancedCode,
+                    text: temporary.line, isTemporary: true)
+            }
             return fromReply(.recipientRejected)
         case Code.weirdServerReply:
             return weirdReply(transcript: transcript, fromReply: fromReply)

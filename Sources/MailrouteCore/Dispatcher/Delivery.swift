@@ -38,7 +38,7 @@ final class Delivery: Sendable {
     private func via(_ config: SMTPConfigRecord) async {
         if plan.unauthorizedSender != nil, await refuseUnauthorizedSender(config) { return }
         // One visit to the dispatcher for all a try needs to know of the configuration.
-        let before = await dispatcher.beforeTry(of: config, now: now)
+        var before = await dispatcher.beforeTry(of: config, now: now)
         if before.isDown {
             await notTried(config, before: before)
             return
@@ -52,7 +52,10 @@ final class Delivery: Sendable {
         if let pool = await dispatcher.pool(for: config) {
             server = pool.endpoint.server
             completion = await pool.perform(.send(from: assembled.envelopeFrom, to: assembled.recipients, data: assembled.composed.bytes))
-            await dispatcher.noteTry(config, completion)
+            // The breaker weighs the timeouts in a row as they stand when this try ends, not as
+            // they stood when it began: tries run side by side, and those that ended meanwhile
+            // (timeouts, or a success that forgives them) count.
+            before.tenant.consecutiveTimeouts = await dispatcher.noteTry(config, completion)
         } else {
             server = nil
             completion = .failed(DeliveryError(

@@ -354,14 +354,21 @@ public actor Dispatcher: Service {
                 breakerTimeouts: health.breakerTimeouts, firstProbeAt: health.firstProbe(now: t)))
     }
 
-    /// The breaker's count after a try of `config` that ended with `completion`.
-    func noteTry(_ config: SMTPConfigRecord, _ completion: PoolCompletion) {
+    /// The breaker's count after a try of `config` that ended with `completion`. Returns the
+    /// connect timeouts in a row before this one as they stand now, which `DeliveryPolicy`
+    /// weighs: the count read before the try misses what tries running beside it saw (the
+    /// chaos soak: with 3 connections a silent server tripped only at the 9th timeout, and a
+    /// timeout that began before a run of successes tripped a server that had recovered).
+    @discardableResult
+    func noteTry(_ config: SMTPConfigRecord, _ completion: PoolCompletion) -> Int {
+        let earlier = health.consecutiveTimeouts(config)
         switch completion {
         case .sent, .verified: health.reached(config)
         case .failed(let error) where error.kind == .connectTimeout: _ = health.timedOut(config)
         case .failed(let error) where error.smtpCode != nil: health.reached(config)
         default: break
         }
+        return earlier
     }
 
     /// The keys that sign mail from `address`: none when the tenant's own server signs.

@@ -153,8 +153,12 @@ import Testing
             #expect(config.status == .error)
             #expect(config.errorKind == .authFailed)
             #expect(config.nextProbeAt != nil, "a first probe is scheduled")
-            let attempts = try await e.attempts(ids[0])
-            #expect(attempts.map(\.outcome) == [.fallback, .sent])
+            // Whichever of the two in hand reached the connection first tripped it (on a loaded
+            // machine not always the first claimed); the others went straight to the relay.
+            var histories: [[AttemptOutcome]] = []
+            for id in ids { histories.append(try await e.attempts(id).map(\.outcome)) }
+            #expect(histories.contains([.fallback, .sent]), "\(histories)")
+            #expect(histories.allSatisfy { $0 == [.fallback, .sent] || $0 == [.sent] }, "\(histories)")
         }
     }
 

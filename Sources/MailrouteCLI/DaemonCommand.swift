@@ -17,6 +17,7 @@ public struct MailrouteDaemonCommand: AsyncParsableCommand {
 
     /// Parses and runs; what `main()` would do if Swift picked its async overload from main.swift.
     public static func start() async {
+        CoreDumps.forbid()
         do {
             var command = try parseAsRoot()
             if let daemon = command as? MailrouteDaemonCommand {

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import MailrouteCore
 
 /// `mailroutectl`: the operator's and the application's tool (SPEC §5).
 public struct MailrouteCtl: AsyncParsableCommand {
@@ -18,6 +19,7 @@ public struct MailrouteCtl: AsyncParsableCommand {
     /// A leading `--config` becomes `$MAILROUTE_CONFIG`, because after the subcommand
     /// `route set --config` names a configuration.
     public static func main(arguments: [String]) async {
+        CoreDumps.forbid()
         var rest = arguments[...]
         var trailing: [String] = []
         while let first = rest.first {

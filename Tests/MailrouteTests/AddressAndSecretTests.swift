@@ -78,6 +78,7 @@ import Testing
     @Test func badKeyFileIsRefused() throws {
         let path = Paths.temporaryDirectory("bad").appendingPathComponent("k").path
         try "not a key\n".write(toFile: path, atomically: true, encoding: .utf8)
+        chmod(path, 0o600)  // private, or the mode is what is refused
         #expect(throws: SecretError.badKeyFile(path)) { try KeyFile.load(configured: path, environment: [:]) }
     }
 }

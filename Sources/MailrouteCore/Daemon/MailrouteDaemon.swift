@@ -24,6 +24,8 @@ public struct MailrouteDaemon: Sendable {
         let secrets: SecretBox?
         do {
             secrets = try KeyFile.load(configured: settings.secrets.keyFile)
+        } catch let error as SecretError where error.refusesStart {
+            throw error
         } catch {
             // Configurations without a password still work; those with one fail and fall back.
             secrets = nil

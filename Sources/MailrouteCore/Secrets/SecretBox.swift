@@ -35,6 +35,8 @@ public enum SecretError: Error, CustomStringConvertible, Equatable {
     /// `sealedPasswords`: how many configurations hold a password sealed with the missing key.
     case noKey(searched: [String], sealedPasswords: Int)
     case unreadableKeyFile(String)
+    /// The key file's group or others may read (or write) it: `mode` as found.
+    case keyFileOpenToOthers(path: String, mode: mode_t)
     case badKeyFile(String)
     case keyFileExists(String)
     case sealFailed
@@ -53,6 +55,10 @@ public enum SecretError: Error, CustomStringConvertible, Equatable {
                 + "at the existing key; do not generate a new one, it cannot decrypt them"
         case .unreadableKeyFile(let path):
             "\(path) exists but this user (uid \(getuid())) cannot read it: run as root, or as a user the key file is shared with"
+        case .keyFileOpenToOthers(let path, let mode):
+            "\(path) is open to its group or to others (mode \(String(mode, radix: 8))), and it unlocks every stored SMTP "
+                + "password: run `chmod 600 \(path)` (under systemd the daemon gets it as the credential "
+                + "\(KeyFile.credentialName), which needs no other reader)"
         case .badKeyFile(let path):
             "\(path) does not hold a key: expected 32 bytes, base64-encoded on one line"
         case .keyFileExists(let path):
@@ -61,6 +67,13 @@ public enum SecretError: Error, CustomStringConvertible, Equatable {
         case .unknownFormat: "a stored password has an unknown format"
         case .wrongKey: "a stored password cannot be decrypted with this key (was the key replaced?)"
         }
+    }
+
+    /// What the daemon refuses to start with, rather than start without the key: a key others
+    /// can read is a leak to stop, not a missing piece to work around.
+    public var refusesStart: Bool {
+        if case .keyFileOpenToOthers = self { return true }
+        return false
     }
 }
 
@@ -82,9 +95,23 @@ public enum KeyFile {
         let paths = candidates(configured: configured, environment: environment)
         for path in paths where FileManager.default.fileExists(atPath: path) {
             guard access(path, R_OK) == 0 else { throw SecretError.unreadableKeyFile(path) }
+            // systemd's credentials directory is the service's alone; its files' modes are systemd's.
+            if !isCredential(path, environment: environment) { try checkPrivate(path) }
             return SecretBox(key: try read(path))
         }
         throw SecretError.noKey(searched: paths, sealedPasswords: 0)
+    }
+
+    static func isCredential(_ path: String, environment: [String: String]) -> Bool {
+        guard let dir = environment["CREDENTIALS_DIRECTORY"], !dir.isEmpty else { return false }
+        return path == "\(dir)/\(credentialName)"
+    }
+
+    /// Only its owner may read or write the key (0600 or 0400, as `generate` and the package make it).
+    static func checkPrivate(_ path: String) throws {
+        var info = stat()
+        guard stat(path, &info) == 0 else { return }
+        if info.st_mode & 0o077 != 0 { throw SecretError.keyFileOpenToOthers(path: path, mode: info.st_mode & 0o7777) }
     }
 
     static func read(_ path: String) throws -> SymmetricKey {

@@ -105,7 +105,7 @@ public actor Dispatcher: Service {
         let file = settings.platform.passwordFile
         guard !file.isEmpty else { return nil }
         guard let data = FileManager.default.contents(atPath: file) else {
-            throw ConfigFileError("platform.password_file \(file) cannot be read")
+            throw ConfigFileError("platform.password_file \(file) cannot be read: \(MailrouteConfiguration.whyUnreadable(file))")
         }
         return String(decoding: data, as: UTF8.self).trimmingCharacters(in: .newlines)
     }

@@ -5,12 +5,15 @@ public enum MailrouteError: Error, CustomStringConvertible, Equatable {
     case notFound(String)
     /// A rule of SPEC §2 forbids the change.
     case conflict(String)
+    /// This user may not open a file the programs need (`why`: owner, group, mode and the fix).
+    case permission(path: String, why: String)
 
     public var description: String {
         switch self {
         case .invalid(let field, let reason): "\(field): \(reason)"
         case .notFound(let what): "\(what) not found"
         case .conflict(let why): why
+        case .permission(let path, let why): "cannot open \(path): \(why)"
         }
     }
 }

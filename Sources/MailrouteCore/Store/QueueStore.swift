@@ -14,7 +14,9 @@ public final class QueueStore: QueueBackend {
         self.path = path
         let directory = URL(fileURLWithPath: path).deletingLastPathComponent().path
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        try DatabaseFiles.checkAccess(path)
         try Self.createDatabaseFile(path, in: directory)
+        try DatabaseFiles.closeToOthers(path)
         var configuration = Configuration()
         // Enqueuers and the CLI write the same file; wait for their short transactions, up to
         // 10 s. In short steps: SQLite's own busy timeout sleeps longer and longer, and an

@@ -53,7 +53,7 @@ public struct PostgresURL: Sendable, Equatable, CustomStringConvertible {
         if !file.isEmpty { paths.append(file) }
         for path in paths where FileManager.default.fileExists(atPath: path) {
             guard let data = FileManager.default.contents(atPath: path) else {
-                throw ConfigFileError("[queue] password_file \(path) cannot be read")
+                throw ConfigFileError("[queue] password_file \(path) cannot be read: \(MailrouteConfiguration.whyUnreadable(path))")
             }
             return String(decoding: data, as: UTF8.self).trimmingCharacters(in: .newlines)
         }

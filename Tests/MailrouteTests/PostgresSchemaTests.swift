@@ -374,9 +374,8 @@ import Testing
                 connection,
                 "INSERT INTO mailroute_migrations (name, applied_at) VALUES ('v99-from-the-future', extract(epoch FROM now()))")
             await #expect(
-                throws: MailrouteError.invalid(
-                    field: "[queue] url",
-                    reason: "the database schema has migration v99-from-the-future, newer than this mailroute: upgrade mailroute first")
+                throws: MailrouteError.schemaNewer(
+                    location: "on PostgreSQL", database: "v99-from-the-future", binary: PostgresSchema.migrations.last!.name)
             ) {
                 try await PostgresSchema.migrate(connection, logger: logger)
             }

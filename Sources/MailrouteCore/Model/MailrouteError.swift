@@ -5,6 +5,9 @@ public enum MailrouteError: Error, CustomStringConvertible, Equatable {
     case notFound(String)
     /// A rule of SPEC §2 forbids the change.
     case conflict(String)
+    /// The queue's schema was migrated by a newer mailroute: this one refuses it rather than
+    /// write rows that newer code reads differently (`location`: a path or a URL).
+    case schemaNewer(location: String, database: String, binary: String)
     /// This user may not open a file the programs need (`why`: owner, group, mode and the fix).
     case permission(path: String, why: String)
 
@@ -13,6 +16,10 @@ public enum MailrouteError: Error, CustomStringConvertible, Equatable {
         case .invalid(let field, let reason): "\(field): \(reason)"
         case .notFound(let what): "\(what) not found"
         case .conflict(let why): why
+        case .schemaNewer(let location, let database, let binary):
+            "the queue database \(location) is at schema migration \(database), newer than this mailroute, whose newest "
+                + "migration is \(binary): upgrade mailroute (every daemon and mailroutectl on every host) to the version "
+                + "that migrated it"
         case .permission(let path, let why): "cannot open \(path): \(why)"
         }
     }

@@ -32,7 +32,17 @@ public final class QueueStore: QueueBackend {
             try db.execute(sql: "PRAGMA synchronous = NORMAL")
         }
         pool = try DatabasePool(path: path, configuration: configuration)
+        try pool.read { db in try Self.refuseNewerSchema(db, location: path) }
         try Migrations.migrator.migrate(pool)
+    }
+
+    /// GRDB's migrator runs what it knows and ignores what it does not; a migration it does
+    /// not know was applied by a newer mailroute, whose rows this one could misread or break.
+    static func refuseNewerSchema(_ db: Database, location: String) throws {
+        let migrator = Migrations.migrator
+        let known = Set(migrator.migrations)
+        guard let newer = try migrator.appliedIdentifiers(db).filter({ !known.contains($0) }).max() else { return }
+        throw MailrouteError.schemaNewer(location: location, database: newer, binary: migrator.migrations.last ?? "none")
     }
 
     /// The database file is made here rather than by SQLite, so that its mode and owner are

@@ -491,7 +491,7 @@ extension PostgresSchema {
     /// name, oldest first. Refuses a database that has a migration this binary does not know:
     /// its schema is newer, and running against it could corrupt the queue.
     @discardableResult
-    static func migrate(_ connection: PostgresConnection, logger: Logger) async throws -> [String] {
+    static func migrate(_ connection: PostgresConnection, location: String = "on PostgreSQL", logger: Logger) async throws -> [String] {
         try await run(connection, "BEGIN", logger: logger)
         do {
             try await run(connection, "SELECT pg_advisory_xact_lock(\(migrationLock))", logger: logger)
@@ -503,10 +503,8 @@ extension PostgresSchema {
                 logger: logger)
             let done = try await names(connection, logger: logger)
             let known = Set(migrations.map(\.name))
-            if let newer = done.first(where: { !known.contains($0) }) {
-                throw MailrouteError.invalid(
-                    field: "[queue] url",
-                    reason: "the database schema has migration \(newer), newer than this mailroute: upgrade mailroute first")
+            if let newer = done.last(where: { !known.contains($0) }) {
+                throw MailrouteError.schemaNewer(location: location, database: newer, binary: migrations.last?.name ?? "none")
             }
             for migration in migrations where !done.contains(migration.name) {
                 logger.info("applying migration", metadata: ["migration": "\(migration.name)"])

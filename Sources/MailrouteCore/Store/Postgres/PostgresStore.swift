@@ -86,7 +86,7 @@ public final class PostgresStore: QueueBackend {
                 configuration: listenerConfiguration, id: 0, logger: Logger(label: "mailroute.migrate", factory: { _ in SwiftLogNoOpLogHandler() }))
             let applied: [String]
             do {
-                applied = try await PostgresSchema.migrate(connection, logger: self.logger)
+                applied = try await PostgresSchema.migrate(connection, location: self.location, logger: self.logger)
                 try? await connection.close()
             } catch {
                 try? await connection.close()

@@ -163,7 +163,7 @@ public enum QueueBackends {
     ) async throws -> T {
         switch settings.backend {
         case .sqlite:
-            return try await body(try QueueStore(path: settings.path))
+            return try await body(try QueueStore(path: settings.path, logger: logger))
         case .postgres:
             let store = try PostgresStore(settings, logger: logger, daemon: daemon)
             return try await withThrowingTaskGroup(of: Void.self) { group in

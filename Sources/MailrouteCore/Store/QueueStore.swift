@@ -1,5 +1,6 @@
 import Foundation
 import GRDB
+import Logging
 import Synchronization
 
 /// The only type that speaks SQL. Both programs open the database through it, which
@@ -10,7 +11,7 @@ public final class QueueStore: QueueBackend {
     /// The routing tables as of `routing_version`, re-read only when a commit changed them.
     private let routingCache = Mutex<(version: Int, table: RoutingTable)?>(nil)
 
-    public init(path: String) throws {
+    public init(path: String, logger: Logger = Logger(label: "mailroute.queue")) throws {
         self.path = path
         let directory = URL(fileURLWithPath: path).deletingLastPathComponent().path
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
@@ -18,10 +19,12 @@ public final class QueueStore: QueueBackend {
         try Self.createDatabaseFile(path, in: directory)
         try DatabaseFiles.closeToOthers(path)
         var configuration = Configuration()
+        let locks = LockWatch(logger: logger)
         // Enqueuers and the CLI write the same file; wait for their short transactions, up to
         // 10 s. In short steps: SQLite's own busy timeout sleeps longer and longer, and an
         // enqueuer committing thousands of times a second would win the lock nearly every time.
         configuration.busyMode = .callback { retries in
+            locks.waiting(retries: retries)
             usleep(retries < 100 ? 100 : 1000)
             return retries < 10_090
         }
@@ -30,6 +33,11 @@ public final class QueueStore: QueueBackend {
             // In WAL mode NORMAL survives a crash of any process; a power cut can at most undo
             // the last commits, which at-least-once delivery turns into a resend, not a loss.
             try db.execute(sql: "PRAGMA synchronous = NORMAL")
+            // Only the writer waits for another process's lock (WAL readers never do): the first
+            // statement it finishes after a wait that was logged ends the wait.
+            if !db.configuration.readonly {
+                db.trace(options: .profile) { _ in locks.statementFinished() }
+            }
         }
         pool = try DatabasePool(path: path, configuration: configuration)
         try pool.read { db in try Self.refuseNewerSchema(db, location: path) }

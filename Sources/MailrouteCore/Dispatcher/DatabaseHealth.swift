@@ -4,6 +4,8 @@
 /// of a second to ten, and keeps pinging the watchdog meanwhile.
 struct DatabaseHealth: Sendable, Equatable {
     private(set) var lostSince: Double?
+    /// What the last failure was, while the database is away.
+    private(set) var fault: DatabaseFault?
     private var failures = 0
     private var retryAt = -Double.infinity
     private var lastLogged = -Double.infinity
@@ -14,7 +16,8 @@ struct DatabaseHealth: Sendable, Equatable {
     static let logInterval = 60.0
 
     enum Failure: Equatable {
-        /// The first failure after the database answered: say so (log, STATUS).
+        /// The first failure after the database answered, or a failure of another kind than
+        /// the last (a disk that fills while the server was away): say so (log, STATUS).
         case lost
         /// Still away, and time for a reminder in the log.
         case stillLost
@@ -24,11 +27,13 @@ struct DatabaseHealth: Sendable, Equatable {
 
     func mayTry(at t: Double) -> Bool { t >= retryAt }
 
-    mutating func failed(at t: Double) -> Failure {
+    mutating func failed(at t: Double, fault: DatabaseFault = .unreachable) -> Failure {
         failures += 1
         retryAt = t + min(Self.maxBackoff, Self.firstBackoff * Double(1 << min(failures - 1, 10)))
-        if lostSince == nil {
-            lostSince = t
+        let was = self.fault
+        self.fault = fault
+        if lostSince == nil || was != fault {
+            lostSince = lostSince ?? t
             lastLogged = t
             return .lost
         }

@@ -30,7 +30,7 @@ public actor Dispatcher: Service {
     private(set) var health: ConfigHealth
     private var routing = RoutingTable(configs: [], routes: [])
     private var inFlight = 0
-    private let stop = StopFlag()
+    private let stop: StopFlag
     private let doorbell = Doorbell()
     private let writer: OutcomeWriter
     private var lastPurge = 0.0
@@ -39,6 +39,9 @@ public actor Dispatcher: Service {
     /// database has been unreachable since (said once in the log and in STATUS).
     private var lastRenewal: Double
     private var database = DatabaseHealth()
+    /// Outcomes of sends that the database would not take yet (`OutcomeWriter`): no claims
+    /// until they are written, or rows in hand whose lease ran out meanwhile would go twice.
+    private var unrecorded = 0
     private var renewing = false
     /// Configurations whose idle pools were closed: the next claim gives them up.
     private var givenUp: Set<Int64> = []
@@ -71,7 +74,9 @@ public actor Dispatcher: Service {
         self.now = now
         self.random = random
         self.lastRenewal = now()
-        self.writer = OutcomeWriter(store: store)
+        let stop = StopFlag()
+        self.stop = stop
+        self.writer = OutcomeWriter(store: store, stop: stop)
         health = ConfigHealth(breakerTimeouts: settings.delivery.breakerTimeouts, cooldownSeconds: settings.delivery.cooldownSeconds)
         platformPassword = try Self.readPlatformPassword(settings)
         keyring = Self.loadKeyring(settings, logger: logger)
@@ -135,6 +140,7 @@ public actor Dispatcher: Service {
     // MARK: - The loop
 
     public func run() async throws {
+        await writer.report(to: self)
         let wakeups = try store.wakeups(doorbell: doorbell)
         defer { wakeups.cancel() }
         let stop = self.stop
@@ -190,7 +196,7 @@ public actor Dispatcher: Service {
             let changed = wakeups.changed() || freed
             let due = changed || t >= (nextDue ?? .infinity) || t - lastCycle >= settings.queue.pollIntervalSeconds
             var sawWork = false
-            if due && database.mayTry(at: t) && (!draining || admitting || (spaced && pools.wantsWork()) || t - lastCycle >= settings.queue.pollIntervalSeconds) {
+            if due && database.mayTry(at: t) && unrecorded == 0 && (!draining || admitting || (spaced && pools.wantsWork()) || t - lastCycle >= settings.queue.pollIntervalSeconds) {
                 lastCycle = t
                 finishedSinceCycle = false
                 do {
@@ -254,16 +260,20 @@ public actor Dispatcher: Service {
         }
     }
 
-    /// Said once when the database stops answering (log and STATUS), then once a minute: a
-    /// database away for an hour must not write 3,600 lines.
+    /// Said once when the database stops answering or taking writes (log and STATUS), then
+    /// once a minute: a database away for an hour must not write 3,600 lines.
     private func databaseFailed(_ error: Error, now t: Double) {
-        switch database.failed(at: t) {
+        let fault = DatabaseFault(error)
+        switch database.failed(at: t, fault: fault) {
         case .lost:
-            logger.error("queue database unreachable; sends in hand go on, retrying", metadata: ["error": "\(error)"])
-            notifier.status("queue database unreachable; retrying")
+            logger.log(
+                level: fault == .diskFull ? .critical : .error,
+                "\(fault.headline); claiming stopped, sends in hand go on and their outcomes wait in memory; \(fault.fix)",
+                metadata: ["error": "\(error)", "database": "\(store.location)"])
+            notifier.status(Self.statusLine(counts: nil, inError: nil, fault: (fault, 0), unrecorded: unrecorded))
         case .stillLost:
-            logger.error("queue database still unreachable; retrying", metadata: [
-                "error": "\(error)", "down_for": "\(Self.seconds(t - (database.lostSince ?? t)))s",
+            logger.error("\(fault.headline), still; \(fault.fix)", metadata: [
+                "error": "\(error)", "down_for": "\(Self.seconds(t - (database.lostSince ?? t)))s", "unrecorded": "\(unrecorded)",
             ])
         case .quiet:
             break
@@ -271,9 +281,36 @@ public actor Dispatcher: Service {
     }
 
     private func databaseAnswered(now t: Double) {
+        let fault = database.fault
         if let away = database.answered(at: t) {
-            logger.notice("queue database reachable again", metadata: ["down_for": "\(Self.seconds(away))s"])
+            logger.notice(fault == .diskFull ? "queue database writable again" : "queue database reachable again", metadata: ["down_for": "\(Self.seconds(away))s"])
         }
+    }
+
+    /// From the outcome writer: a commit of `unrecorded` outcomes failed; it tries again.
+    func outcomesFailed(_ error: Error, unrecorded: Int) {
+        self.unrecorded = unrecorded
+        databaseFailed(error, now: now())
+    }
+
+    /// From the outcome writer: what waited is written; claims may go on.
+    func outcomesWritten() {
+        unrecorded = 0
+        databaseAnswered(now: now())
+        doorbell.ring()
+    }
+
+    /// The STATUS line: the counts, and first, while the database fails, what is wrong.
+    static func statusLine(counts: QueueCounts?, inError: Int?, fault: (DatabaseFault, seconds: Int)?, unrecorded: Int) -> String {
+        var parts: [String] = []
+        if let (fault, seconds) = fault {
+            parts.append("\(fault.headline) for \(seconds) s, delivery paused (\(fault.fix))")
+            if unrecorded > 0 { parts.append("\(unrecorded) outcome(s) waiting to be recorded") }
+        }
+        if let counts {
+            parts.append("queued \(counts.queued), deferred \(counts.deferred), sending \(counts.sending), sent last minute \(counts.sentLastMinute), configurations in error \(inError ?? 0)")
+        }
+        return parts.joined(separator: "; ")
     }
 
     /// The configurations as committed (the store re-reads them only after a change), and
@@ -473,13 +510,12 @@ public actor Dispatcher: Service {
             lastStatus = t
             let store = self.store, notifier = self.notifier
             let inError = routing.configs.values.filter { $0.status == .error }.count
-            let lost = database.lostSince.map { Int(t - $0) }
+            let fault = database.fault.map { ($0, seconds: Int(t - (database.lostSince ?? t))) }
+            let unrecorded = self.unrecorded
             group.addTask {
-                if let counts = try? await store.counts(now: t) {
-                    notifier.status("queued \(counts.queued), deferred \(counts.deferred), sending \(counts.sending), sent last minute \(counts.sentLastMinute), configurations in error \(inError)")
-                } else if let lost {
-                    notifier.status("queue database unreachable for \(lost) s; retrying")
-                }
+                let counts = try? await store.counts(now: t)
+                guard counts != nil || fault != nil else { return }
+                notifier.status(Self.statusLine(counts: counts, inError: inError, fault: fault, unrecorded: unrecorded))
             }
         }
     }

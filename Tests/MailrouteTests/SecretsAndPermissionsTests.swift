@@ -62,6 +62,20 @@ import Testing
         #expect(viaCredential.status == 0, "\(viaCredential.output)")
     }
 
+    /// The daemon lowers RLIMIT_CORE at start through prlimit64: a unit filter that denied it
+    /// would kill the daemon with SIGSYS before it said a word.
+    @Test func theUnitsSystemCallFilterLetsTheDaemonForbidCoreFiles() throws {
+        let unit = try String(contentsOf: Paths.packageRoot.appendingPathComponent("systemd/mailroute.service"), encoding: .utf8)
+        let denied = unit.split(separator: "\n").filter { $0.hasPrefix("SystemCallFilter=~") }
+            .flatMap { $0.dropFirst("SystemCallFilter=~".count).split(separator: " ") }
+        #expect(!denied.isEmpty)
+        for set in denied {
+            let listed = try Self.shell("systemd-analyze syscall-filter \(set) 2>/dev/null")
+            #expect(listed.status == 0, "\(set): \(listed.output)")
+            #expect(!listed.stdout.split(whereSeparator: \.isWhitespace).contains("prlimit64"), "\(set) denies prlimit64")
+        }
+    }
+
     // MARK: - The queue's files
 
     /// Made by either program under the most open umask, the database and its -wal and -shm

@@ -4,6 +4,8 @@ import Foundation
 /// the platform relay's password file): a core file would keep them on disk for anyone who can
 /// read the crash directory. systemd-coredump honours the limit too ("Resource limits disable
 /// core dumping"). A crash still leaves its backtrace on stderr, the journal under systemd.
+/// glibc makes setrlimit the prlimit64 system call, which the unit's `SystemCallFilter` allows
+/// (`~@resources` denies `setrlimit` itself; `SecretsAndPermissionsTests` checks it stays so).
 public enum CoreDumps {
     public static func forbid() {
         var none = rlimit(rlim_cur: 0, rlim_max: 0)

@@ -86,6 +86,14 @@ import Testing
         let ctl = "\(Paths.mailroutectl.path) --config \(Self.quoted(env.configPath))"
         #expect(try Self.shell("umask 000; exec \(ctl) migrate").status == 0)
         #expect(Self.mode(env.databasePath) == 0o660, "made by mailroutectl")
+        let elsewhere = env.directory.appendingPathComponent("state/queue.db").path
+        let toml = try String(contentsOfFile: env.configPath, encoding: .utf8)
+        try toml.replacingOccurrences(of: #"path = "queue.db""#, with: #"path = "\#(elsewhere)""#)
+            .write(toFile: env.configPath, atomically: true, encoding: .utf8)
+        #expect(try Self.shell("umask 000; exec \(ctl) migrate").status == 0)
+        #expect(Self.mode(env.directory.appendingPathComponent("state").path) == 0o770, "a directory it makes is not open to others")
+        #expect(Self.mode(elsewhere) == 0o660)
+        try toml.write(toFile: env.configPath, atomically: true, encoding: .utf8)
 
         try FileManager.default.removeItem(atPath: env.databasePath)
         let daemon = Process()

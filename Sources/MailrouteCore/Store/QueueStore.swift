@@ -14,7 +14,10 @@ public final class QueueStore: QueueBackend {
     public init(path: String, logger: Logger = Logger(label: "mailroute.queue")) throws {
         self.path = path
         let directory = URL(fileURLWithPath: path).deletingLastPathComponent().path
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        // As the package makes /var/lib/mailroute: the daemon and its group, whatever the umask
+        // (under umask 000 anyone could otherwise replace the database beside its readers).
+        try FileManager.default.createDirectory(
+            atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o770])
         try DatabaseFiles.checkAccess(path)
         try Self.createDatabaseFile(path, in: directory)
         try DatabaseFiles.closeToOthers(path)

@@ -283,7 +283,7 @@ public actor Dispatcher: Service {
     private func databaseAnswered(now t: Double) {
         let fault = database.fault
         if let away = database.answered(at: t) {
-            logger.notice(fault == .diskFull ? "queue database writable again" : "queue database reachable again", metadata: ["down_for": "\(Self.seconds(away))s"])
+            logger.notice(fault == .unreachable ? "queue database reachable again" : "queue database writable again", metadata: ["down_for": "\(Self.seconds(away))s"])
         }
     }
 

@@ -23,14 +23,8 @@ public final class QueueStore: QueueBackend {
         try DatabaseFiles.closeToOthers(path)
         var configuration = Configuration()
         let locks = LockWatch(logger: logger)
-        // Enqueuers and the CLI write the same file; wait for their short transactions, up to
-        // 10 s. In short steps: SQLite's own busy timeout sleeps longer and longer, and an
-        // enqueuer committing thousands of times a second would win the lock nearly every time.
-        configuration.busyMode = .callback { retries in
-            locks.waiting(retries: retries)
-            usleep(retries < 100 ? 100 : 1000)
-            return retries < 10_090
-        }
+        // Enqueuers and the CLI write the same file; wait for their short transactions, up to 10 s.
+        configuration.busyMode = .callback { retries in locks.busy(retries: retries) }
         configuration.foreignKeysEnabled = true
         configuration.prepareDatabase { db in
             // In WAL mode NORMAL survives a crash of any process; a power cut can at most undo

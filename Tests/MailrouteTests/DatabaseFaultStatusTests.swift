@@ -12,6 +12,19 @@ import Testing
         #expect(DatabaseFault(MailrouteError.notFound("x")) == .unreachable)
     }
 
+    /// The outcome writer waits for these and gives up at once on the others: a write refused
+    /// for what it holds would hold every outcome (and every claim) behind it for ever.
+    @Test func onlyWhatMaySucceedLaterIsTriedAgain() {
+        for code in [ResultCode.SQLITE_FULL, .SQLITE_BUSY, .SQLITE_LOCKED, .SQLITE_IOERR] {
+            #expect(DatabaseFault.isTransient(DatabaseError(resultCode: code)), "\(code)")
+        }
+        for code in [ResultCode.SQLITE_CONSTRAINT, .SQLITE_MISMATCH, .SQLITE_TOOBIG, .SQLITE_ERROR] {
+            #expect(!DatabaseFault.isTransient(DatabaseError(resultCode: code)), "\(code)")
+        }
+        #expect(DatabaseFault.isTransient(PostgresStore.Timeout()))
+        #expect(!DatabaseFault.isTransient(MailrouteError.conflict("x")))
+    }
+
     @Test func aFaultOfAnotherKindIsSaidAgainButTheOutageKeepsItsStart() {
         var health = DatabaseHealth()
         #expect(health.failed(at: 100, fault: .unreachable) == .lost)

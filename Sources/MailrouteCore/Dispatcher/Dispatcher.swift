@@ -293,10 +293,11 @@ public actor Dispatcher: Service {
         databaseFailed(error, now: now())
     }
 
-    /// From the outcome writer: what waited is written; claims may go on.
-    func outcomesWritten() {
+    /// From the outcome writer: what waited is written (or, at shutdown or refused for what it
+    /// holds, given up: its rows come back after their lease); claims may go on.
+    func outcomesSettled(recorded: Bool) {
         unrecorded = 0
-        databaseAnswered(now: now())
+        if recorded { databaseAnswered(now: now()) }
         doorbell.ring()
     }
 

@@ -4,7 +4,8 @@
 ///
 /// A commit that fails (the disk full, the database away) keeps its outcomes and tries again
 /// until it lands: a message already sent whose `sent` were dropped would go out again when its
-/// lease ran out, and again at every later failure. Meanwhile the dispatcher claims nothing
+/// lease ran out, and again at every later failure. (A write refused for what it holds fails
+/// the same way every time: given up at once, as before.) Meanwhile the dispatcher claims nothing
 /// (`Dispatcher.outcomesFailed`), so the rows in hand are not taken twice. Only at shutdown are
 /// they given up; those rows are then sent again after their lease: the duplicates
 /// at-least-once allows, no more than were in flight.
@@ -44,10 +45,10 @@ actor OutcomeWriter {
             do {
                 try await store.finish(batch.map { ($0.claim, $0.outcome) })
                 for item in batch { item.done?.resume() }
-                if failing { await dispatcher?.outcomesWritten() }
+                if failing { await dispatcher?.outcomesSettled(recorded: true) }
                 (failing, retry) = (false, Self.firstRetry)
             } catch {
-                if !stop.isSet {
+                if !stop.isSet && DatabaseFault.isTransient(error) {
                     // Kept, with whatever finishes meanwhile, for the next try.
                     failing = true
                     await dispatcher?.outcomesFailed(error, unrecorded: batch.count + pending.count)
@@ -59,6 +60,8 @@ actor OutcomeWriter {
                 }
                 if first { own = error }
                 for item in batch { item.done?.resume(throwing: error) }
+                if failing { await dispatcher?.outcomesSettled(recorded: false) }
+                (failing, retry) = (false, Self.firstRetry)
             }
             first = false
             // Whatever arrived during that commit goes in the next one, a moment later

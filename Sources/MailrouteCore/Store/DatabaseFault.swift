@@ -18,10 +18,38 @@ public enum DatabaseFault: Sendable, Equatable {
             self = .diskFull
         case let error as DatabaseError where error.resultCode == .SQLITE_BUSY || error.resultCode == .SQLITE_LOCKED:
             self = .locked
-        case let error as PSQLError where error.serverInfo?[.sqlState] == "53100":
+        case _ where Self.sqlState(error) == "53100":
             self = .diskFull
         default:
             self = .unreachable
+        }
+    }
+
+    /// Whether the same write may succeed later: the disk, the lock, the connection. A write the
+    /// database refuses for what it holds (a constraint, a value it cannot store) fails the same
+    /// way every time, and waiting for it would hold up everything behind it.
+    public static func isTransient(_ error: Error) -> Bool {
+        switch error {
+        case let error as DatabaseError:
+            return [.SQLITE_FULL, .SQLITE_BUSY, .SQLITE_LOCKED, .SQLITE_IOERR, .SQLITE_CANTOPEN, .SQLITE_NOMEM,
+                    .SQLITE_PROTOCOL, .SQLITE_READONLY].contains(error.resultCode)
+        case is PSQLError, is PostgresStore.Failure:
+            // No SQLSTATE: the server never answered (the connection). Otherwise: connection (08),
+            // resources (53: disk full, out of memory), shutdown (57), system (58), conflicts (40).
+            guard let state = sqlState(error) else { return true }
+            return ["08", "53", "57", "58", "40"].contains(String(state.prefix(2)))
+        case is PostgresStore.Timeout:
+            return true
+        default:
+            return false
+        }
+    }
+
+    private static func sqlState(_ error: Error) -> String? {
+        switch error {
+        case let error as PSQLError: error.serverInfo?[.sqlState]
+        case let error as PostgresStore.Failure: error.sqlState
+        default: nil
         }
     }
 

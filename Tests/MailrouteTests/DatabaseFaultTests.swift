@@ -1,5 +1,6 @@
 import Foundation
 import GRDB
+import Synchronization
 import Testing
 
 @testable import MailrouteCore
@@ -8,6 +9,22 @@ import Testing
 /// schema newer than the binary, another writer holding the lock for seconds, a full disk.
 /// Real processes, real files, bounded waits.
 @Suite struct DatabaseFaultTests {
+    /// `waitUntil` without holding a thread: these tests wait for tens of seconds, and the
+    /// cooperative pool has two threads that in-process tests of other suites need meanwhile.
+    static func eventually(_ timeout: TimeInterval, _ condition: () throws -> Bool) async -> Bool {
+        let deadline = Date().addingTimeInterval(timeout)
+        while Date() < deadline {
+            if (try? condition()) == true { return true }
+            try? await Task.sleep(for: .milliseconds(50))
+        }
+        return (try? condition()) == true
+    }
+
+    static func sleep(until date: Date) async {
+        let left = date.timeIntervalSinceNow
+        if left > 0 { try? await Task.sleep(for: .milliseconds(Int(left * 1000))) }
+    }
+
     // MARK: - A schema newer than the binary
 
     @Test(arguments: Backend.allCases) func aSchemaNewerThanTheBinaryIsRefusedNamingBothMigrations(_ backend: Backend) throws {
@@ -56,20 +73,20 @@ import Testing
     /// A bulk load or a backup holds SQLite's write lock while rows fall due: for 6 s, the daemon
     /// waits (its busy wait is 10 s per statement); for 15 s, a claim gives up once and the next
     /// waits on. Either way it says so once, and once that it let go, and delivers each row once.
-    @Test(arguments: [6.0, 15.0]) func aWriterHoldingTheLockForSecondsIsWaitedForAndSaidOnce(holding seconds: Double) throws {
+    @Test(arguments: [6.0, 15.0]) func aWriterHoldingTheLockForSecondsIsWaitedForAndSaidOnce(holding seconds: Double) async throws {
         let server = try SMTPTestServer()
         let env = try CtlEnvironment(platformPort: server.port)
         let daemon = DaemonProcess(env: env)
         try daemon.start()
         defer { daemon.stop() }
         let first = try daemon.enqueue(tenant: nil, subject: "before the lock")
-        #expect(try daemon.waitFor(first, .sent).status == .sent)
+        #expect(await Self.eventually(20) { try daemon.row(first).status == .sent })
 
         // Due a second into the lock (committed in one transaction just before it): the claim of
         // them waits for nearly all of it.
         let holder = try DatabaseQueue(path: env.databasePath)
         let soon = Date().timeIntervalSince1970 + 1
-        let due = try holder.write { db in
+        let due = try await holder.write { db in
             try (0..<5).map { i -> Int64 in
                 try db.execute(
                     sql: "INSERT INTO messages (category, rcpt_to, subject, text_body, send_at) VALUES ('report', '[\"r@example.com\"]', ?, 'x', ?)",
@@ -77,26 +94,38 @@ import Testing
                 return db.lastInsertedRowID
             }
         }
+        // The lock is held on a thread of its own, released when the test says.
         let began = Date()
-        var inside: [Int64] = []
-        var saidWhileHeld = false
-        try holder.writeWithoutTransaction { db in
-            try db.execute(sql: "BEGIN IMMEDIATE")
-            for i in 0..<5 {
-                try db.execute(
-                    sql: "INSERT INTO messages (category, rcpt_to, subject, text_body) VALUES ('report', '[\"r@example.com\"]', ?, 'x')",
-                    arguments: ["committed with the lock \(i)"])
-                inside.append(db.lastInsertedRowID)
+        let held = Mutex<(taken: Bool, release: Bool, inside: [Int64], done: Result<Void, Error>?)>((false, false, [], nil))
+        Thread {
+            let result = Result {
+                try holder.writeWithoutTransaction { db in
+                    try db.execute(sql: "BEGIN IMMEDIATE")
+                    for i in 0..<5 {
+                        try db.execute(
+                            sql: "INSERT INTO messages (category, rcpt_to, subject, text_body) VALUES ('report', '[\"r@example.com\"]', ?, 'x')",
+                            arguments: ["committed with the lock \(i)"])
+                        let id = db.lastInsertedRowID
+                        held.withLock { $0.inside.append(id) }
+                    }
+                    held.withLock { $0.taken = true }
+                    while !held.withLock({ $0.release }) { usleep(10_000) }
+                    try db.execute(sql: "COMMIT")
+                }
             }
-            saidWhileHeld = waitUntil(timeout: 5) { daemon.log().contains("queue database locked by another connection") }
-            let left = seconds - Date().timeIntervalSince(began)
-            if left > 0 { usleep(UInt32(left * 1_000_000)) }
-            try db.execute(sql: "COMMIT")
-        }
+            held.withLock { $0.done = result }
+        }.start()
+        #expect(await Self.eventually(5) { held.withLock { $0.taken } })
+        let saidWhileHeld = await Self.eventually(5) { daemon.log().contains("queue database locked by another connection") }
+        await Self.sleep(until: began.addingTimeInterval(seconds))
+        held.withLock { $0.release = true }
+        #expect(await Self.eventually(10) { held.withLock { $0.done != nil } })
+        try held.withLock { $0.done }?.get()
         try holder.close()
         #expect(saidWhileHeld, "said while it waits: \(daemon.log())")
 
-        for id in due + inside { try daemon.waitFor(id, .sent, timeout: 20) }
+        let inside = held.withLock { $0.inside }
+        _ = await Self.eventually(20) { try (due + inside).allSatisfy { try daemon.row($0).status == .sent } }
         #expect(try (due + inside).allSatisfy { try daemon.row($0).status == .sent })
         let subjects = server.messages().compactMap { $0.header("Subject") }
         #expect(subjects.count == 11, "each once: \(subjects)")
@@ -122,7 +151,7 @@ import Testing
     /// and STATUS, claims nothing while it cannot write, keeps the three outcomes it could not
     /// record (they are not sent again), and carries on by itself once the space is back.
     @Test(.enabled(if: SmallFilesystem.unavailable == nil, "\(SmallFilesystem.unavailable ?? "")"))
-    func aFullDiskStopsClaimingKeepsOutcomesAndRecoversByItself() throws {
+    func aFullDiskStopsClaimingKeepsOutcomesAndRecoversByItself() async throws {
         let fs = try SmallFilesystem(megabytes: 6)
         let server = try SMTPTestServer.fault("--delay-data", "3")
         let env = try CtlEnvironment(platformPort: server.port)
@@ -144,7 +173,7 @@ import Testing
                 .flatMap(MessageStatus.init(rawValue:))
         }
         let later = Date().timeIntervalSince1970 + 4
-        let (inFlight, dueLater) = try db.write { db -> ([Int64], [Int64]) in
+        let (inFlight, dueLater) = try await db.write { db -> ([Int64], [Int64]) in
             func insert(_ subject: String, sendAt: Double?) throws -> Int64 {
                 try db.execute(
                     sql: "INSERT INTO messages (category, rcpt_to, subject, text_body, send_at) VALUES ('report', '[\"r@example.com\"]', ?, 'x', ?)",
@@ -153,31 +182,30 @@ import Testing
             }
             return (try (0..<3).map { try insert("in flight \($0)", sendAt: nil) }, try (0..<3).map { try insert("due later \($0)", sendAt: later) })
         }
-        #expect(waitUntil(timeout: 5) { (try? inFlight.allSatisfy { try status($0) == .sending }) == true }, "claimed and sending")
+        #expect(await Self.eventually(5) { try inFlight.allSatisfy { try status($0) == .sending } }, "claimed and sending")
         // An empty WAL: the next commit must grow it, and cannot.
-        try db.writeWithoutTransaction { try $0.checkpoint(.truncate) }
+        try await db.writeWithoutTransaction { try $0.checkpoint(.truncate) }
         fs.fill()
 
-        #expect(waitUntil(timeout: 15) { daemon.log().contains("DISK FULL") }, "loud in the log: \(daemon.log())")
-        #expect(waitUntil(timeout: 10) { listener.messages.contains { $0.contains("STATUS=DISK FULL") } }, "and in STATUS: \(listener.messages)")
+        #expect(await Self.eventually(15) { daemon.log().contains("DISK FULL") }, "loud in the log: \(daemon.log())")
+        #expect(await Self.eventually(10) { listener.messages.contains { $0.contains("STATUS=DISK FULL") } }, "and in STATUS: \(listener.messages)")
         // The three were sent; their `sent` waits in memory. The later three fall due and stay.
-        #expect(waitUntil(timeout: 10) { server.messages().count == 3 })
-        let dueAt = Date(timeIntervalSince1970: later + 3)
-        while Date() < dueAt { usleep(100_000) }
+        #expect(await Self.eventually(15) { server.messages().count == 3 })
+        await Self.sleep(until: Date(timeIntervalSince1970: later + 3))
         #expect(server.messages().count == 3, "nothing claimed while the disk is full")
         #expect(try dueLater.allSatisfy { try status($0) == .queued })
         #expect(try inFlight.allSatisfy { try status($0) == .sending }, "outcomes not written, and not lost either")
 
         fs.free()
         let everything = inFlight + dueLater
-        #expect(waitUntil(timeout: 30) { (try? everything.allSatisfy { try status($0) == .sent }) == true }, "by itself: \(daemon.log())")
+        #expect(await Self.eventually(30) { try everything.allSatisfy { try status($0) == .sent } }, "by itself: \(daemon.log())")
         let subjects = server.messages().compactMap { $0.header("Subject") }
         #expect(subjects.count == 6 && Set(subjects).count == 6, "each once: \(subjects)")
         let log = daemon.log()
         #expect(log.components(separatedBy: "DISK FULL").count - 1 == 1, "said once: \(log)")
         #expect(log.contains("queue database writable again"))
         #expect(!log.contains("could not record"), "no outcome given up: \(log)")
-        #expect(waitUntil(timeout: 10) { listener.messages.last { $0.contains("STATUS=") }.map { !$0.contains("DISK FULL") } ?? false },
+        #expect(await Self.eventually(10) { listener.messages.last { $0.contains("STATUS=") }.map { !$0.contains("DISK FULL") } ?? false },
                 "STATUS clears: \(listener.messages.suffix(3))")
     }
 }

@@ -20,6 +20,14 @@ import Testing
         return (try? condition()) == true
     }
 
+    /// Runs `body` on a thread of its own: what must happen on time (a lock released, a disk
+    /// filled while messages are in flight) does not wait for a cooperative thread.
+    static func onThread<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+        try await withCheckedThrowingContinuation { continuation in
+            Thread { continuation.resume(with: Result { try body() }) }.start()
+        }
+    }
+
     static func sleep(until date: Date) async {
         let left = date.timeIntervalSinceNow
         if left > 0 { try? await Task.sleep(for: .milliseconds(Int(left * 1000))) }
@@ -94,37 +102,29 @@ import Testing
                 return db.lastInsertedRowID
             }
         }
-        // The lock is held on a thread of its own, released when the test says.
-        let began = Date()
-        let held = Mutex<(taken: Bool, release: Bool, inside: [Int64], done: Result<Void, Error>?)>((false, false, [], nil))
-        Thread {
-            let result = Result {
-                try holder.writeWithoutTransaction { db in
-                    try db.execute(sql: "BEGIN IMMEDIATE")
-                    for i in 0..<5 {
-                        try db.execute(
-                            sql: "INSERT INTO messages (category, rcpt_to, subject, text_body) VALUES ('report', '[\"r@example.com\"]', ?, 'x')",
-                            arguments: ["committed with the lock \(i)"])
-                        let id = db.lastInsertedRowID
-                        held.withLock { $0.inside.append(id) }
-                    }
-                    held.withLock { $0.taken = true }
-                    while !held.withLock({ $0.release }) { usleep(10_000) }
-                    try db.execute(sql: "COMMIT")
+        // Held on a thread of its own for exactly `seconds`, whatever the test's task is doing.
+        let said = Mutex(false)
+        let inside = try await Self.onThread { () -> [Int64] in
+            try holder.writeWithoutTransaction { db in
+                let began = Date()
+                try db.execute(sql: "BEGIN IMMEDIATE")
+                let ids = try (0..<5).map { i -> Int64 in
+                    try db.execute(
+                        sql: "INSERT INTO messages (category, rcpt_to, subject, text_body) VALUES ('report', '[\"r@example.com\"]', ?, 'x')",
+                        arguments: ["committed with the lock \(i)"])
+                    return db.lastInsertedRowID
                 }
+                while Date().timeIntervalSince(began) < seconds {
+                    if daemon.log().contains("queue database locked by another connection") { said.withLock { $0 = true } }
+                    usleep(20_000)
+                }
+                try db.execute(sql: "COMMIT")
+                return ids
             }
-            held.withLock { $0.done = result }
-        }.start()
-        #expect(await Self.eventually(5) { held.withLock { $0.taken } })
-        let saidWhileHeld = await Self.eventually(5) { daemon.log().contains("queue database locked by another connection") }
-        await Self.sleep(until: began.addingTimeInterval(seconds))
-        held.withLock { $0.release = true }
-        #expect(await Self.eventually(10) { held.withLock { $0.done != nil } })
-        try held.withLock { $0.done }?.get()
+        }
         try holder.close()
-        #expect(saidWhileHeld, "said while it waits: \(daemon.log())")
+        #expect(said.withLock { $0 }, "said while it waits: \(daemon.log())")
 
-        let inside = held.withLock { $0.inside }
         _ = await Self.eventually(20) { try (due + inside).allSatisfy { try daemon.row($0).status == .sent } }
         #expect(try (due + inside).allSatisfy { try daemon.row($0).status == .sent })
         let subjects = server.messages().compactMap { $0.header("Subject") }
@@ -153,7 +153,7 @@ import Testing
     @Test(.enabled(if: SmallFilesystem.unavailable == nil, "\(SmallFilesystem.unavailable ?? "")"))
     func aFullDiskStopsClaimingKeepsOutcomesAndRecoversByItself() async throws {
         let fs = try SmallFilesystem(megabytes: 6)
-        let server = try SMTPTestServer.fault("--delay-data", "3")
+        let server = try SMTPTestServer.fault("--delay-data", "4")
         let env = try CtlEnvironment(platformPort: server.port)
         let databasePath = fs.path + "/queue.db"
         let toml = try String(contentsOfFile: env.configPath, encoding: .utf8)
@@ -168,7 +168,7 @@ import Testing
         configuration.busyMode = .timeout(10)
         let db = try DatabaseQueue(path: databasePath, configuration: configuration)
         defer { try? db.close() }
-        func status(_ id: Int64) throws -> MessageStatus? {
+        @Sendable func status(_ id: Int64) throws -> MessageStatus? {
             try db.read { try String.fetchOne($0, sql: "SELECT status FROM messages WHERE id = ?", arguments: [id]) }
                 .flatMap(MessageStatus.init(rawValue:))
         }
@@ -182,10 +182,17 @@ import Testing
             }
             return (try (0..<3).map { try insert("in flight \($0)", sendAt: nil) }, try (0..<3).map { try insert("due later \($0)", sendAt: later) })
         }
-        #expect(await Self.eventually(5) { try inFlight.allSatisfy { try status($0) == .sending } }, "claimed and sending")
-        // An empty WAL: the next commit must grow it, and cannot.
-        try await db.writeWithoutTransaction { try $0.checkpoint(.truncate) }
-        fs.fill()
+        // On a thread of its own, inside the 4 s the server holds them: once the three are in
+        // its hands, an empty WAL (the next commit must grow it) on a filesystem with no room.
+        let claimed = try await Self.onThread { () -> Bool in
+            let deadline = Date().addingTimeInterval(4)
+            while Date() < deadline, (try? inFlight.allSatisfy { try status($0) == .sending }) != true { usleep(20_000) }
+            let claimed = try inFlight.allSatisfy { try status($0) == .sending }
+            try db.writeWithoutTransaction { try $0.checkpoint(.truncate) }
+            fs.fill()
+            return claimed
+        }
+        #expect(claimed, "claimed and sending when the disk filled")
 
         #expect(await Self.eventually(15) { daemon.log().contains("DISK FULL") }, "loud in the log: \(daemon.log())")
         #expect(await Self.eventually(10) { listener.messages.contains { $0.contains("STATUS=DISK FULL") } }, "and in STATUS: \(listener.messages)")

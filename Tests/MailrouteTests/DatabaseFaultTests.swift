@@ -9,28 +9,14 @@ import Testing
 /// schema newer than the binary, another writer holding the lock for seconds, a full disk.
 /// Real processes, real files, bounded waits.
 @Suite struct DatabaseFaultTests {
-    /// `waitUntil` without holding a thread: these tests wait for tens of seconds, and the
-    /// cooperative pool has two threads that in-process tests of other suites need meanwhile.
-    static func eventually(_ timeout: TimeInterval, _ condition: () throws -> Bool) async -> Bool {
-        let deadline = Date().addingTimeInterval(timeout)
-        while Date() < deadline {
-            if (try? condition()) == true { return true }
-            try? await Task.sleep(for: .milliseconds(50))
-        }
-        return (try? condition()) == true
-    }
-
-    /// Runs `body` on a thread of its own: what must happen on time (a lock released, a disk
-    /// filled while messages are in flight) does not wait for a cooperative thread.
-    static func onThread<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
-        try await withCheckedThrowingContinuation { continuation in
-            Thread { continuation.resume(with: Result { try body() }) }.start()
-        }
-    }
-
-    static func sleep(until date: Date) async {
+    /// The lock and disk-full tests are synchronous on purpose: what they do must happen on
+    /// time (a lock released after exactly its length, a disk filled while three messages are in
+    /// the server's hands), and an async test waits for a cooperative thread to resume it, which
+    /// other suites' subprocess tests can hold for seconds (seen: the disk filled after the three
+    /// were sent). Blocking, a test keeps the thread it has.
+    static func sleep(until date: Date) {
         let left = date.timeIntervalSinceNow
-        if left > 0 { try? await Task.sleep(for: .milliseconds(Int(left * 1000))) }
+        if left > 0 { usleep(UInt32(left * 1_000_000)) }
     }
 
     // MARK: - A schema newer than the binary
@@ -81,20 +67,20 @@ import Testing
     /// A bulk load or a backup holds SQLite's write lock while rows fall due: for 6 s, the daemon
     /// waits (its busy wait is 10 s per statement); for 15 s, a claim gives up once and the next
     /// waits on. Either way it says so once, and once that it let go, and delivers each row once.
-    @Test(arguments: [6.0, 15.0]) func aWriterHoldingTheLockForSecondsIsWaitedForAndSaidOnce(holding seconds: Double) async throws {
+    @Test(arguments: [6.0, 15.0]) func aWriterHoldingTheLockForSecondsIsWaitedForAndSaidOnce(holding seconds: Double) throws {
         let server = try SMTPTestServer()
         let env = try CtlEnvironment(platformPort: server.port)
         let daemon = DaemonProcess(env: env)
         try daemon.start()
         defer { daemon.stop() }
         let first = try daemon.enqueue(tenant: nil, subject: "before the lock")
-        #expect(await Self.eventually(20) { try daemon.row(first).status == .sent })
+        #expect(waitUntil(timeout: 20) { (try? daemon.row(first).status) == .sent })
 
         // Due a second into the lock (committed in one transaction just before it): the claim of
         // them waits for nearly all of it.
         let holder = try DatabaseQueue(path: env.databasePath)
         let soon = Date().timeIntervalSince1970 + 1
-        let due = try await holder.write { db in
+        let due = try holder.write { db in
             try (0..<5).map { i -> Int64 in
                 try db.execute(
                     sql: "INSERT INTO messages (category, rcpt_to, subject, text_body, send_at) VALUES ('report', '[\"r@example.com\"]', ?, 'x', ?)",
@@ -102,9 +88,9 @@ import Testing
                 return db.lastInsertedRowID
             }
         }
-        // Held on a thread of its own for exactly `seconds`, whatever the test's task is doing.
+        // Held for exactly `seconds`.
         let said = Mutex(false)
-        let inside = try await Self.onThread { () -> [Int64] in
+        let inside = try { () -> [Int64] in
             try holder.writeWithoutTransaction { db in
                 let began = Date()
                 try db.execute(sql: "BEGIN IMMEDIATE")
@@ -121,11 +107,11 @@ import Testing
                 try db.execute(sql: "COMMIT")
                 return ids
             }
-        }
+        }()
         try holder.close()
         #expect(said.withLock { $0 }, "said while it waits: \(daemon.log())")
 
-        _ = await Self.eventually(20) { try (due + inside).allSatisfy { try daemon.row($0).status == .sent } }
+        _ = waitUntil(timeout: 20) { (try? (due + inside).allSatisfy { try daemon.row($0).status == .sent }) == true }
         #expect(try (due + inside).allSatisfy { try daemon.row($0).status == .sent })
         let subjects = server.messages().compactMap { $0.header("Subject") }
         #expect(subjects.count == 11, "each once: \(subjects)")
@@ -151,7 +137,7 @@ import Testing
     /// and STATUS, claims nothing while it cannot write, keeps the three outcomes it could not
     /// record (they are not sent again), and carries on by itself once the space is back.
     @Test(.enabled(if: SmallFilesystem.unavailable == nil, "\(SmallFilesystem.unavailable ?? "")"))
-    func aFullDiskStopsClaimingKeepsOutcomesAndRecoversByItself() async throws {
+    func aFullDiskStopsClaimingKeepsOutcomesAndRecoversByItself() throws {
         let fs = try SmallFilesystem(megabytes: 6)
         let server = try SMTPTestServer.fault("--delay-data", "4")
         let env = try CtlEnvironment(platformPort: server.port)
@@ -168,12 +154,12 @@ import Testing
         configuration.busyMode = .timeout(10)
         let db = try DatabaseQueue(path: databasePath, configuration: configuration)
         defer { try? db.close() }
-        @Sendable func status(_ id: Int64) throws -> MessageStatus? {
+        func status(_ id: Int64) throws -> MessageStatus? {
             try db.read { try String.fetchOne($0, sql: "SELECT status FROM messages WHERE id = ?", arguments: [id]) }
                 .flatMap(MessageStatus.init(rawValue:))
         }
         let later = Date().timeIntervalSince1970 + 4
-        let (inFlight, dueLater) = try await db.write { db -> ([Int64], [Int64]) in
+        let (inFlight, dueLater) = try db.write { db -> ([Int64], [Int64]) in
             func insert(_ subject: String, sendAt: Double?) throws -> Int64 {
                 try db.execute(
                     sql: "INSERT INTO messages (category, rcpt_to, subject, text_body, send_at) VALUES ('report', '[\"r@example.com\"]', ?, 'x', ?)",
@@ -182,37 +168,37 @@ import Testing
             }
             return (try (0..<3).map { try insert("in flight \($0)", sendAt: nil) }, try (0..<3).map { try insert("due later \($0)", sendAt: later) })
         }
-        // On a thread of its own, inside the 4 s the server holds them: once the three are in
-        // its hands, an empty WAL (the next commit must grow it) on a filesystem with no room.
-        let claimed = try await Self.onThread { () -> Bool in
+        // Inside the 4 s the server holds them: once the three are in its hands, an empty WAL
+        // (the next commit must grow it) on a filesystem with no room.
+        let claimed = try { () -> Bool in
             let deadline = Date().addingTimeInterval(4)
             while Date() < deadline, (try? inFlight.allSatisfy { try status($0) == .sending }) != true { usleep(20_000) }
             let claimed = try inFlight.allSatisfy { try status($0) == .sending }
             try db.writeWithoutTransaction { try $0.checkpoint(.truncate) }
             fs.fill()
             return claimed
-        }
+        }()
         #expect(claimed, "claimed and sending when the disk filled")
 
-        #expect(await Self.eventually(15) { daemon.log().contains("DISK FULL") }, "loud in the log: \(daemon.log())")
-        #expect(await Self.eventually(10) { listener.messages.contains { $0.contains("STATUS=DISK FULL") } }, "and in STATUS: \(listener.messages)")
+        #expect(waitUntil(timeout: 15) { daemon.log().contains("DISK FULL") }, "loud in the log: \(daemon.log())")
+        #expect(waitUntil(timeout: 10) { listener.messages.contains { $0.contains("STATUS=DISK FULL") } }, "and in STATUS: \(listener.messages)")
         // The three were sent; their `sent` waits in memory. The later three fall due and stay.
-        #expect(await Self.eventually(15) { server.messages().count == 3 })
-        await Self.sleep(until: Date(timeIntervalSince1970: later + 3))
+        #expect(waitUntil(timeout: 15) { server.messages().count == 3 })
+        Self.sleep(until: Date(timeIntervalSince1970: later + 3))
         #expect(server.messages().count == 3, "nothing claimed while the disk is full")
         #expect(try dueLater.allSatisfy { try status($0) == .queued })
         #expect(try inFlight.allSatisfy { try status($0) == .sending }, "outcomes not written, and not lost either")
 
         fs.free()
         let everything = inFlight + dueLater
-        #expect(await Self.eventually(30) { try everything.allSatisfy { try status($0) == .sent } }, "by itself: \(daemon.log())")
+        #expect(waitUntil(timeout: 30) { (try? everything.allSatisfy { try status($0) == .sent }) == true }, "by itself: \(daemon.log())")
         let subjects = server.messages().compactMap { $0.header("Subject") }
         #expect(subjects.count == 6 && Set(subjects).count == 6, "each once: \(subjects)")
         let log = daemon.log()
         #expect(log.components(separatedBy: "DISK FULL").count - 1 == 1, "said once: \(log)")
         #expect(log.contains("queue database writable again"))
         #expect(!log.contains("could not record"), "no outcome given up: \(log)")
-        #expect(await Self.eventually(10) { listener.messages.last { $0.contains("STATUS=") }.map { !$0.contains("DISK FULL") } ?? false },
+        #expect(waitUntil(timeout: 10) { listener.messages.last { $0.contains("STATUS=") }.map { !$0.contains("DISK FULL") } ?? false },
                 "STATUS clears: \(listener.messages.suffix(3))")
     }
 }

@@ -141,30 +141,9 @@ enum PostgresTestServer {
         _ = try? spawnAndWait([script, "stop", directory])
     }
 
-    /// `bash ARGS…` to completion with posix_spawn and waitpid: Foundation's `Process` never
-    /// saw `pg-cluster` end here (it was left a zombie, unreaped, and the tests hung), perhaps
-    /// because of what `runuser` does with the session; waitpid on its own pid cannot miss it.
+    /// `bash ARGS…` to completion (posix_spawn and waitpid: `runProcess`).
     static func spawnAndWait(_ arguments: [String]) throws -> ProcessResult {
-        let dir = Paths.temporaryDirectory("pg-cluster")
-        defer { try? FileManager.default.removeItem(at: dir) }
-        let out = dir.appendingPathComponent("stdout").path, err = dir.appendingPathComponent("stderr").path
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-        posix_spawn_file_actions_addopen(&actions, 1, out, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
-        posix_spawn_file_actions_addopen(&actions, 2, err, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
-        let argv = (["/bin/bash"] + arguments).map { strdup($0) } + [nil]
-        defer { argv.forEach { free($0) } }
-        var pid: pid_t = 0
-        let spawned = posix_spawn(&pid, "/bin/bash", &actions, nil, argv, environ)
-        guard spawned == 0 else { throw Failure(description: "cannot run bash: \(String(cString: strerror(spawned)))") }
-        var status: Int32 = 0
-        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
-        let exit = (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
-        return ProcessResult(
-            status: exit, stdout: (try? String(contentsOfFile: out, encoding: .utf8)) ?? "",
-            stderr: (try? String(contentsOfFile: err, encoding: .utf8)) ?? "")
+        try runProcess(URL(fileURLWithPath: "/bin/bash"), arguments, timeout: 300)
     }
 
     private static func parse(_ url: String, password: String) throws -> Server {

@@ -41,37 +41,69 @@ func runProcess(
 ) throws -> ProcessResult {
     let dir = Paths.temporaryDirectory("run")
     defer { try? FileManager.default.removeItem(at: dir) }
-    let outURL = dir.appendingPathComponent("stdout"), errURL = dir.appendingPathComponent("stderr")
-    let inURL = dir.appendingPathComponent("stdin")
-    for url in [outURL, errURL] { _ = FileManager.default.createFile(atPath: url.path, contents: nil) }
-    _ = FileManager.default.createFile(atPath: inURL.path, contents: Data((stdin ?? "").utf8))
+    let out = dir.appendingPathComponent("stdout").path, err = dir.appendingPathComponent("stderr").path
+    let input = dir.appendingPathComponent("stdin").path
+    _ = FileManager.default.createFile(atPath: input, contents: Data((stdin ?? "").utf8))
 
-    let process = Process()
-    process.executableURL = executable
-    process.arguments = arguments
     var env = ProcessInfo.processInfo.environment
     env.removeValue(forKey: "CREDENTIALS_DIRECTORY")
     env.removeValue(forKey: "MAILROUTE_CONFIG")
     env.removeValue(forKey: "NOTIFY_SOCKET")
     for (k, v) in environment { env[k] = v }
-    process.environment = env
-    let out = try FileHandle(forWritingTo: outURL), err = try FileHandle(forWritingTo: errURL)
-    let input = try FileHandle(forReadingFrom: inURL)
-    process.standardOutput = out
-    process.standardError = err
-    process.standardInput = input
-    try process.run()
+
+    // posix_spawn and waitpid, not Foundation's `Process`: a `Process` whose child had exited
+    // was seen never to be reaped (`waitUntilExit` blocked a cooperative thread and the suite
+    // hung); waitpid on the child's own pid cannot miss it.
+    var actions = posix_spawn_file_actions_t()
+    posix_spawn_file_actions_init(&actions)
+    defer { posix_spawn_file_actions_destroy(&actions) }
+    posix_spawn_file_actions_addopen(&actions, 0, input, O_RDONLY, 0)
+    posix_spawn_file_actions_addopen(&actions, 1, out, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+    posix_spawn_file_actions_addopen(&actions, 2, err, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+    // The child starts with no signal blocked and default dispositions, whatever the test
+    // process (and swift-service-lifecycle in it) has set.
+    var attributes = posix_spawnattr_t()
+    posix_spawnattr_init(&attributes)
+    defer { posix_spawnattr_destroy(&attributes) }
+    var none = sigset_t(), defaults = sigset_t()
+    sigemptyset(&none)
+    sigemptyset(&defaults)
+    for signal in [SIGTERM, SIGINT, SIGHUP, SIGPIPE] { sigaddset(&defaults, signal) }
+    posix_spawnattr_setsigmask(&attributes, &none)
+    posix_spawnattr_setsigdefault(&attributes, &defaults)
+    posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
+
+    let argv = ([executable.path] + arguments).map { strdup($0) } + [nil]
+    let envp = env.map { strdup("\($0.key)=\($0.value)") } + [nil]
+    defer {
+        argv.forEach { free($0) }
+        envp.forEach { free($0) }
+    }
+    var pid: pid_t = 0
+    let spawned = posix_spawn(&pid, executable.path, &actions, &attributes, argv, envp)
+    guard spawned == 0 else {
+        throw SpawnError(description: "cannot run \(executable.path): \(String(cString: strerror(spawned)))")
+    }
+    var status: Int32 = 0
     let deadline = Date().addingTimeInterval(timeout)
-    while process.isRunning && Date() < deadline { usleep(2_000) }
-    if process.isRunning { kill(process.processIdentifier, SIGKILL) }
-    process.waitUntilExit()
-    try? out.close()
-    try? err.close()
-    try? input.close()
+    var reaped = false
+    while Date() < deadline {
+        let result = waitpid(pid, &status, WNOHANG)
+        if result == pid || (result < 0 && errno != EINTR) { reaped = true; break }
+        usleep(2_000)
+    }
+    if !reaped {
+        kill(pid, SIGKILL)
+        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+    }
+    let exit = (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
     return ProcessResult(
-        status: process.terminationStatus,
-        stdout: (try? String(contentsOf: outURL, encoding: .utf8)) ?? "",
-        stderr: (try? String(contentsOf: errURL, encoding: .utf8)) ?? "")
+        status: exit, stdout: (try? String(contentsOfFile: out, encoding: .utf8)) ?? "",
+        stderr: (try? String(contentsOfFile: err, encoding: .utf8)) ?? "")
+}
+
+struct SpawnError: Error, CustomStringConvertible {
+    var description: String
 }
 
 /// Polls `condition` every 20 ms until it holds or `timeout` passes.

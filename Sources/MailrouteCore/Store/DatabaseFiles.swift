@@ -20,14 +20,14 @@ enum DatabaseFiles {
             throw MailrouteError.permission(path: path, why: denied(directory, need: "enter the directory"))
         }
         var missing = false
-        for file in all(path) {
-            guard FileManager.default.fileExists(atPath: file) else {
+        for file in all(path) where faccessat(AT_FDCWD, file, R_OK | W_OK, AT_EACCESS) != 0 {
+            // Gone is not refused: -wal and -shm come and go as other processes' last
+            // connection closes (1,000 `config add`s in a row met one between two calls).
+            if errno == ENOENT {
                 missing = true
                 continue
             }
-            if faccessat(AT_FDCWD, file, R_OK | W_OK, AT_EACCESS) != 0 {
-                throw MailrouteError.permission(path: file, why: denied(file, need: "read and write it"))
-            }
+            throw MailrouteError.permission(path: file, why: denied(file, need: "read and write it"))
         }
         // The first to open the database (after the last closed it) makes -wal and -shm.
         if missing && faccessat(AT_FDCWD, directory, W_OK | X_OK, AT_EACCESS) != 0 {
@@ -40,7 +40,7 @@ enum DatabaseFiles {
         for file in all(path) {
             var info = stat()
             guard stat(file, &info) == 0, info.st_mode & 0o007 != 0 else { continue }
-            if chmod(file, info.st_mode & 0o770) != 0 {
+            if chmod(file, info.st_mode & 0o770) != 0 && errno != ENOENT {
                 throw MailrouteError.permission(
                     path: file,
                     why: "it is open to every user (\(describe(info))) and \(user()) cannot change that: "
@@ -52,7 +52,10 @@ enum DatabaseFiles {
     /// "permission denied for user nobody: …": who tried, what the file is, and the fix.
     static func denied(_ file: String, need: String) -> String {
         var info = stat()
-        guard stat(file, &info) == 0 else { return "\(user()) cannot \(need): \(String(cString: strerror(errno)))" }
+        guard stat(file, &info) == 0 else {
+            let reason = String(cString: strerror(errno))  // before user() can change errno
+            return "\(user()) cannot \(need): \(reason)"
+        }
         let group = name(group: info.st_gid)
         return "permission denied: \(user()) cannot \(need) (\(file) is \(describe(info))); run this as root or as "
             + "the daemon's user, or add this user to group \(group)"

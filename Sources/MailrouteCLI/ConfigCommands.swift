@@ -100,12 +100,8 @@ struct ConfigList: CtlCommand {
 
     func execute() async throws {
         try await global.context.withService { service in
+            if global.context.json { return try Output.json(try await service.views(tenant: tenant)) }
             let records = try await service.store.configs(tenant: tenant)
-            let defaultMax = service.settings.delivery.defaultMaxConnections
-            if global.context.json {
-                try Output.json(records.map { ConfigView($0, defaultMaxConnections: defaultMax) })
-                return
-            }
             Output.table(
                 ["TENANT", "NAME", "SERVER", "SECURITY", "FROM", "DEFAULT", "ENABLED", "STATUS"],
                 records.map { r in
@@ -131,9 +127,8 @@ struct ConfigShow: CtlCommand {
     }
 
     static func show(_ r: SMTPConfigRecord, service: ConfigurationService, json: Bool) throws {
-        var view = ConfigView(r, defaultMaxConnections: service.settings.delivery.defaultMaxConnections)
+        let view = service.view(of: r)
         let signing = DKIMSummary(r, keysDirectory: service.settings.dkim.keysDirectory)
-        view.dkimKeys = signing.keys
         if json { return try Output.json(view) }
         var fields: [(String, String)] = [
             ("configuration", r.label),
@@ -173,7 +168,7 @@ struct ConfigDelete: CtlCommand {
     func execute() async throws {
         try await global.context.withService { service in
             let config = try ConfigRef(parsing: ref)
-            let routes = try await service.store.deleteConfig(tenant: config.tenant, name: config.name)
+            let routes = try await service.delete(config)
             if global.context.json { return try Output.object(["deleted": config.description, "routes_removed": routes]) }
             print("deleted \(config) and \(routes) route(s) to it")
         }
@@ -188,7 +183,7 @@ struct ConfigSetDefault: CtlCommand {
     func execute() async throws {
         try await global.context.withService { service in
             let config = try ConfigRef(parsing: ref)
-            try await service.store.setDefault(tenant: config.tenant, name: config.name)
+            try await service.setDefault(config)
             if global.context.json { return try Output.object(["default": config.description]) }
             print("\(config) is now the default of tenant \(config.tenant)")
         }
@@ -205,7 +200,7 @@ struct ConfigEnable: CtlCommand {
     static func set(_ ref: String, enabled: Bool, global: GlobalOptions) async throws {
         try await global.context.withService { service in
             let config = try ConfigRef(parsing: ref)
-            try await service.store.setEnabled(tenant: config.tenant, name: config.name, enabled: enabled)
+            try await service.setEnabled(config, enabled)
             if global.context.json { return try Output.object(["config": config.description, "enabled": enabled]) }
             print("\(config) \(enabled ? "enabled" : "disabled")")
         }
@@ -271,31 +266,6 @@ struct ConfigTest: CtlCommand {
                 : "signed as " + result.signedWith.joined(separator: ", ")
             try ConfigVerify.report(
                 result, json: global.context.json, success: "sent: test message to \(to) through \(result.config)", dkim: dkim)
-        }
-    }
-}
-
-/// What the daemon would sign this configuration's mail with, read from the keys directory
-/// as the daemon reads it.
-struct DKIMSummary {
-    var text: String
-    /// `domain/selector (algorithm)` of each key that signs.
-    var keys: [String]
-
-    init(_ r: SMTPConfigRecord, keysDirectory: String) {
-        let domain = r.fromAddress.split(separator: "@").last.map { $0.lowercased() } ?? ""
-        guard r.dkim == .platform else {
-            (text, keys) = ("the tenant's server signs; the platform adds no signature", [])
-            return
-        }
-        let keyring = DKIMKeyring.load(directory: keysDirectory)
-        keys = keyring.signingKeys(forSender: r.fromAddress, mode: r.dkim).map(\.label)
-        if !keys.isEmpty {
-            text = "signed as " + keys.joined(separator: ", ")
-        } else if keyring.entries.contains(where: { $0.key == nil }) {
-            text = "no usable key for \(domain) in \(keysDirectory) (see `mailroutectl dkim list`): unsigned"
-        } else {
-            text = "no key for \(domain) in \(keysDirectory): unsigned (`mailroutectl dkim generate --domain \(domain) ...`)"
         }
     }
 }

@@ -96,10 +96,7 @@ func describe(_ error: Error) -> String {
 
 enum Output {
     static func json<T: Encodable>(_ value: T) throws {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
-        encoder.keyEncodingStrategy = .convertToSnakeCase
-        let data = try encoder.encode(value)
+        let data = try JSONEncoder.mailroute().encode(value)
         print(String(decoding: data, as: UTF8.self))
     }
 

@@ -26,19 +26,15 @@ struct EnqueueCommand: CtlCommand {
 
     func execute() async throws {
         try await global.context.withService { service in
-            for address in to + cc + bcc { _ = try Validate.address(address, field: "recipient") }
-            if let priority, !(1...5).contains(priority) {
-                throw MailrouteError.invalid(field: "--priority", reason: "must be 1-5, not \(priority)")
-            }
             guard text != nil || html != nil else { throw MailrouteError.invalid(field: "--text", reason: "give --text or --html (or both)") }
             if text == "-" && html == "-" { throw MailrouteError.invalid(field: "--html", reason: "only one body can come from standard input") }
 
-            var message = MessageRecord(category: category, rcptTo: try json(to), subject: subject)
+            var message = MessageSubmission(category: category, rcptTo: to, subject: subject)
             message.tenant = tenant
             message.advertiser = advertiser
             message.cname = cname
-            message.cc = cc.isEmpty ? nil : try json(cc)
-            message.bcc = bcc.isEmpty ? nil : try json(bcc)
+            message.cc = cc
+            message.bcc = bcc
             message.textBody = try text.map(read)
             message.htmlBody = try html.map(read)
             message.priority = priority
@@ -47,21 +43,16 @@ struct EnqueueCommand: CtlCommand {
             message.fromName = fromName
             message.replyTo = replyTo
             message.idempotencyKey = idempotencyKey
-            let attachments = try attach.map { path -> (String, String, Data) in
+            message.attachments = try attach.map { path in
                 guard let data = FileManager.default.contents(atPath: path) else {
                     throw MailrouteError.invalid(field: "--attach", reason: "\(path) cannot be read")
                 }
-                let name = URL(fileURLWithPath: path).lastPathComponent
-                return (name, MediaType.guess(for: name), data)
+                return .init(filename: URL(fileURLWithPath: path).lastPathComponent, contentType: nil, content: data)
             }
-            let id = try await service.store.enqueue(message, attachments: attachments)
+            let id = try await service.queue.enqueue(message)
             if global.context.json { return try Output.object(["id": id]) }
             print("queued message \(id)")
         }
-    }
-
-    private func json(_ list: [String]) throws -> String {
-        String(decoding: try JSONSerialization.data(withJSONObject: list, options: [.withoutEscapingSlashes]), as: UTF8.self)
     }
 
     private func read(_ path: String) throws -> String {
@@ -121,14 +112,9 @@ struct QueueShow: CtlCommand {
 
     func execute() async throws {
         try await global.context.withService { service in
+            if global.context.json { return try Output.json(try await service.queue.message(id: id)) }
             guard let (message, attempts, attachments) = try await service.store.message(id: id) else {
                 throw MailrouteError.notFound("message \(id)")
-            }
-            if global.context.json {
-                var view = MessageView(message)
-                view.attemptLog = attempts.map(AttemptView.init)
-                view.attachments = attachments.map(AttachmentView.init)
-                return try Output.json(view)
             }
             Output.fields([
                 ("message", "\(id)"), ("status", message.status.rawValue), ("tenant", message.tenant ?? "- (platform)"),
@@ -168,10 +154,12 @@ struct QueueRetry: CtlCommand {
 
     func execute() async throws {
         try await global.context.withService { service in
-            let deadline = MessageLifetime(service.settings.delivery).retryDeadline(now: QueueStore.now())
-            let count = try await service.store.retry(ids: id.map { [$0] }, onlyFailed: failed, deadline: deadline)
-            if let id, count == 0 {
-                throw MailrouteError.conflict("message \(id) does not exist or is not failed, expired, cancelled or deferred")
+            let count: Int
+            if let id {
+                try await service.queue.retry(id: id)
+                count = 1
+            } else {
+                count = try await service.queue.retryFailed()
             }
             if global.context.json { return try Output.object(["requeued": count]) }
             print("requeued \(count) message(s)")
@@ -186,9 +174,7 @@ struct QueueCancel: CtlCommand {
 
     func execute() async throws {
         try await global.context.withService { service in
-            guard try await service.store.cancel(id: id) else {
-                throw MailrouteError.conflict("message \(id) does not exist or is no longer queued or deferred")
-            }
+            try await service.queue.cancel(id: id)
             if global.context.json { return try Output.object(["cancelled": id]) }
             print("cancelled message \(id)")
         }
@@ -201,7 +187,7 @@ struct QueueStats: CtlCommand {
 
     func execute() async throws {
         try await global.context.withService { service in
-            let c = try await service.store.counts(now: QueueStore.now())
+            let c = try await service.queue.stats()
             if global.context.json { return try Output.json(c) }
             Output.fields([
                 ("queued", "\(c.queued)"), ("sending", "\(c.sending)"), ("deferred", "\(c.deferred)"), ("sent", "\(c.sent)"),
@@ -209,110 +195,5 @@ struct QueueStats: CtlCommand {
                 ("sent last minute", "\(c.sentLastMinute)"),
             ])
         }
-    }
-}
-
-struct MessageView: Encodable {
-    var id: Int64
-    var status: String
-    @Nullable var tenant: String?
-    @Nullable var advertiser: String?
-    @Nullable var cname: String?
-    var category: String
-    @Nullable var priority: Int?
-    var rcptTo: [String]
-    @Nullable var cc: [String]?
-    @Nullable var bcc: [String]?
-    @Nullable var mailFrom: String?
-    @Nullable var fromName: String?
-    @Nullable var replyTo: String?
-    var subject: String
-    @Nullable var headers: [String: String]?
-    @Nullable var idempotencyKey: String?
-    @Nullable var route: String?
-    var attempts: Int
-    @Nullable var sendAt: Double?
-    @Nullable var nextAttemptAt: Double?
-    @Nullable var expiresAt: Double?
-    @Nullable var lastErrorKind: String?
-    @Nullable var lastError: String?
-    @Nullable var smtpResponse: String?
-    @Nullable var messageIdHeader: String?
-    @Nullable var createdAt: Double?
-    @Nullable var sentAt: Double?
-    /// `queue show` only.
-    @Nullable var attemptLog: [AttemptView]?
-    @Nullable var attachments: [AttachmentView]?
-
-    init(_ m: MessageRecord) {
-        id = m.id ?? 0
-        status = m.status.rawValue
-        tenant = m.tenant
-        advertiser = m.advertiser
-        cname = m.cname
-        category = m.category
-        priority = m.priority
-        rcptTo = StoredJSON.list(m.rcptTo) ?? []
-        cc = StoredJSON.list(m.cc)
-        bcc = StoredJSON.list(m.bcc)
-        mailFrom = m.mailFrom
-        fromName = m.fromName
-        replyTo = m.replyTo
-        subject = m.subject
-        headers = StoredJSON.object(m.headers)
-        idempotencyKey = m.idempotencyKey
-        route = m.route?.rawValue
-        attempts = m.attempts
-        sendAt = m.sendAt
-        nextAttemptAt = m.nextAttemptAt
-        expiresAt = m.expiresAt
-        lastErrorKind = m.lastErrorKind
-        lastError = m.lastError
-        smtpResponse = m.smtpResponse
-        messageIdHeader = m.messageIdHeader
-        createdAt = m.createdAt
-        sentAt = m.sentAt
-    }
-}
-
-struct AttachmentView: Encodable {
-    var filename: String
-    var contentType: String
-    var size: Int
-
-    init(_ a: AttachmentRecord) {
-        filename = a.filename
-        contentType = a.contentType
-        size = a.content.count
-    }
-}
-
-struct AttemptView: Encodable {
-    var attempt: Int
-    var at: Double
-    @Nullable var config: String?
-    @Nullable var route: String?
-    @Nullable var server: String?
-    var outcome: String
-    @Nullable var errorKind: String?
-    @Nullable var smtpCode: Int?
-    @Nullable var enhancedCode: String?
-    @Nullable var response: String?
-    @Nullable var refusedRecipients: [RefusedRecipient]?
-    @Nullable var durationS: Double?
-
-    init(_ a: AttemptRecord) {
-        attempt = a.attempt
-        at = a.at
-        config = a.configLabel
-        route = a.route?.rawValue
-        server = a.server
-        outcome = a.outcome.rawValue
-        errorKind = a.errorKind
-        smtpCode = a.smtpCode
-        enhancedCode = a.enhancedCode
-        response = a.response
-        refusedRecipients = a.refusedRecipients.flatMap { try? JSONDecoder().decode([RefusedRecipient].self, from: Data($0.utf8)) }
-        durationS = a.durationS
     }
 }

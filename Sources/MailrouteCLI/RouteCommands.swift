@@ -50,12 +50,7 @@ struct RouteList: CtlCommand {
 
     func execute() async throws {
         try await global.context.withService { service in
-            let table = try await service.store.routingTable(tenant: tenant)
-            let views = try await service.store.routes(tenant: tenant).map { route in
-                RouteView(
-                    tenant: route.tenant, kind: route.kind.rawValue, key: route.key,
-                    config: table.configs[route.configId].map(\.label) ?? "?")
-            }
+            let views = try await service.routeViews(tenant: tenant)
             if global.context.json { return try Output.json(views) }
             Output.table(["TENANT", "KIND", "KEY", "CONFIG"], views.map { [$0.tenant, $0.kind, $0.key, $0.config] })
         }
@@ -89,16 +84,10 @@ struct RouteResolve: CtlCommand {
 
     func execute() async throws {
         try await global.context.withService { service in
-            let resolution = try await service.resolve(
-                RoutingKeys(tenant: tenant, advertiser: advertiser, cname: cname, category: category))
-            let platform = service.settings.platform
+            let keys = RoutingKeys(tenant: tenant, advertiser: advertiser, cname: cname, category: category)
+            let resolution = try await service.resolve(keys)
             let config = resolution.config
-            let view = ResolutionView(
-                tenant: tenant, route: resolution.step.rawValue, config: config?.label,
-                server: config.map { "\($0.host):\($0.port)" } ?? "\(platform.host):\(platform.port)",
-                fromAddress: config?.fromAddress ?? platform.fromAddress,
-                authorizedDomains: config?.authorizedDomainList, authorizedSenders: config?.authorizedSenderList,
-                trail: resolution.trail)
+            let view = ResolutionView(resolution, keys: keys, platform: service.settings.platform)
             if global.context.json { return try Output.json(view) }
             var fields = [
                 ("configuration", view.config ?? "platform relay"),

@@ -132,6 +132,15 @@ extension MailrouteConfiguration {
             try t.read("keys_dir", into: &dkim.keysDirectory, paths.resolve)
             try t.finish()
         }
+        if var t = try file.table("api") {
+            var listen = ""
+            try t.read("listen", into: &listen)
+            api.listen = try Self.listen(listen, key: "api.listen", paths: paths)
+            try t.read("token_file", into: &api.tokenFile, paths.resolve)
+            try t.read("metrics_auth", into: &api.metricsAuth)
+            try t.read("max_body_bytes", into: &api.maxBodyBytes, within(1024...1024 * 1024 * 1024))
+            try t.finish()
+        }
         if var t = try file.table("log") {
             try t.read("level", into: &log.level, oneOf)
             try t.read("target", into: &log.target, oneOf)
@@ -316,9 +325,41 @@ extension Array: TOMLReadable where Element == String {
     }
 }
 
+extension Bool: TOMLReadable {
+    static var tomlDescription: String { "true or false" }
+    static func read(_ value: TOMLValueConvertible) -> Bool? { value.bool }
+}
+
 extension Double: TOMLReadable {
     static var tomlDescription: String { "a number" }
     static func read(_ value: TOMLValueConvertible) -> Double? { value.double ?? value.int.map(Double.init) }
+}
+
+extension MailrouteConfiguration {
+    /// `[api] listen`: a loopback-or-other TCP address with its port, or a unix socket path.
+    fileprivate static func listen(_ text: String, key: String, paths: PathResolver) throws -> API.Listen {
+        if text.isEmpty { return .off }
+        if text.hasPrefix("unix:") {
+            let path = String(text.dropFirst(5))
+            guard !path.isEmpty else { throw ConfigFileError("\(key): \"unix:\" needs a socket path, such as unix:/run/mailroute/api.sock") }
+            return .unix(path: try paths.resolve(path, key))
+        }
+        let host: Substring
+        let port: Substring
+        if text.hasPrefix("["), let close = text.firstIndex(of: "]"), text[text.index(after: close)...].hasPrefix(":") {
+            host = text[text.index(after: text.startIndex)..<close]
+            port = text[text.index(close, offsetBy: 2)...]
+        } else if let colon = text.lastIndex(of: ":"), !text[..<colon].contains(":") {
+            host = text[..<colon]
+            port = text[text.index(after: colon)...]
+        } else {
+            throw ConfigFileError("\(key): \"\(text)\" must be HOST:PORT (such as 127.0.0.1:8025 or [::1]:8025) or unix:PATH")
+        }
+        guard !host.isEmpty, let number = Int(port), (0...65535).contains(number) else {
+            throw ConfigFileError("\(key): \"\(text)\" must be HOST:PORT with a port 0-65535")
+        }
+        return .tcp(host: String(host), port: number)
+    }
 }
 
 private struct PathResolver {

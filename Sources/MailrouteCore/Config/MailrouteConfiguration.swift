@@ -11,6 +11,7 @@ public struct MailrouteConfiguration: Sendable, Equatable {
     public var secrets = Secrets()
     public var dkim = DKIM()
     public var log = Log()
+    public var api = API()
 
     public init() {}
 
@@ -120,6 +121,33 @@ public struct MailrouteConfiguration: Sendable, Equatable {
     public struct DKIM: Sendable, Equatable {
         /// Holds `DOMAIN.SELECTOR.pem` private keys.
         public var keysDirectory = "/etc/mailroute/dkim"
+        public init() {}
+    }
+
+    /// The HTTP API and metrics (SPEC §9).
+    public struct API: Sendable, Equatable {
+        public enum Listen: Sendable, Equatable, CustomStringConvertible {
+            case off
+            /// Port 0 takes a free one; the "api listening" log line says which.
+            case tcp(host: String, port: Int)
+            case unix(path: String)
+
+            public var description: String {
+                switch self {
+                case .off: "off"
+                case .tcp(let host, let port): host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
+                case .unix(let path): "unix:\(path)"
+                }
+            }
+        }
+        /// `""` (off), `"127.0.0.1:8025"`, `"[::1]:8025"` or `"unix:/run/mailroute/api.sock"`.
+        public var listen = Listen.off
+        /// Bearer tokens, one per line; read when the systemd credential `mailroute.api-token` is absent.
+        public var tokenFile = ""
+        /// Whether `GET /metrics` needs a token too.
+        public var metricsAuth = false
+        /// Larger request bodies get 413. Attachments arrive base64, a third larger than the files.
+        public var maxBodyBytes = 16 * 1024 * 1024
         public init() {}
     }
 

@@ -12,6 +12,9 @@ public struct ConfigurationService: Sendable {
         self.environment = environment
     }
 
+    /// The queue's operations over the same settings and store.
+    public var queue: QueueService { QueueService(settings: settings, store: store) }
+
     func secretBox() async throws -> SecretBox {
         do {
             return try KeyFile.load(configured: settings.secrets.keyFile, environment: environment)
@@ -68,7 +71,7 @@ public struct ConfigurationService: Sendable {
     public func verify(_ ref: ConfigRef) async throws -> VerificationResult {
         let record = try await existing(ref)
         let endpoint = try await endpoint(for: record)
-        let result = SMTPConnection(endpoint: endpoint).verify()
+        let result = await BlockingWork.run("verify \(record.label)") { SMTPConnection(endpoint: endpoint).verify() }
         return try await recordOutcome(result.map { _ in nil }, for: record)
     }
 
@@ -98,8 +101,11 @@ public struct ConfigurationService: Sendable {
         let pool = CurlMultiPool(
             name: record.label, endpoint: endpoint,
             limits: PoolLimits(maxConnections: 1, maxMessagesPerConnection: 1, idleTimeout: 0), engine: .shared)
-        let completion = pool.sendAndWait(from: record.fromAddress, to: [to.address], data: bytes)
-        _ = pool.closeAndWait(timeout: min(5, endpoint.commandTimeoutSeconds))
+        let completion = await BlockingWork.run("test \(record.label)") { [bytes] in
+            let completion = pool.sendAndWait(from: record.fromAddress, to: [to.address], data: bytes)
+            _ = pool.closeAndWait(timeout: min(5, endpoint.commandTimeoutSeconds))
+            return completion
+        }
         let result: Result<String?, DeliveryError>
         switch completion {
         case .sent(let report): result = .success(report.reply?.line)
@@ -127,7 +133,42 @@ public struct ConfigurationService: Sendable {
         }
     }
 
+    /// The configurations as `config list --json` and `GET /v1/configurations` show them.
+    public func views(tenant: String?) async throws -> [ConfigView] {
+        let records = try await store.configs(tenant: tenant)
+        return records.map { ConfigView($0, defaultMaxConnections: settings.delivery.defaultMaxConnections) }
+    }
+
+    /// One configuration as `config show` shows it: with the keys that would sign its mail.
+    public func view(of record: SMTPConfigRecord) -> ConfigView {
+        var view = ConfigView(record, defaultMaxConnections: settings.delivery.defaultMaxConnections)
+        view.dkimKeys = DKIMSummary(record, keysDirectory: settings.dkim.keysDirectory).keys
+        return view
+    }
+
+    /// Deletes a configuration and its routes (SPEC §2: not the default while others remain);
+    /// returns how many routes went with it.
+    public func delete(_ ref: ConfigRef) async throws -> Int {
+        try await store.deleteConfig(tenant: ref.tenant, name: ref.name)
+    }
+
+    public func setDefault(_ ref: ConfigRef) async throws {
+        try await store.setDefault(tenant: ref.tenant, name: ref.name)
+    }
+
+    public func setEnabled(_ ref: ConfigRef, _ enabled: Bool) async throws {
+        try await store.setEnabled(tenant: ref.tenant, name: ref.name, enabled: enabled)
+    }
+
     // MARK: - Routes
+
+    /// The routes as `route list --json` and `GET /v1/routes` show them.
+    public func routeViews(tenant: String?) async throws -> [RouteView] {
+        let table = try await store.routingTable(tenant: tenant)
+        return try await store.routes(tenant: tenant).map { route in
+            RouteView(tenant: route.tenant, kind: route.kind.rawValue, key: route.key, config: table.configs[route.configId].map(\.label) ?? "?")
+        }
+    }
 
     public func setRoute(tenant: String, kind: RouteKind, key: String, configName: String) async throws -> RouteRecord {
         let tenant = try Validate.identifier(tenant, field: "--tenant")

@@ -68,6 +68,8 @@ public protocol QueueBackend: AnyObject, Sendable {
     func messages(status: MessageStatus?, tenant: String?, limit: Int) async throws -> [MessageRecord]
     func message(id: Int64) async throws -> (MessageRecord, [AttemptRecord], [AttachmentRecord])?
     func enqueue(_ message: MessageRecord, attachments: [(filename: String, contentType: String, content: Data)]) async throws -> Int64
+    /// The message an idempotency key names, if any.
+    func messageID(idempotencyKey: String) async throws -> Int64?
     /// Puts failed, expired or cancelled rows (or deferred ones, early) back in line now, with a
     /// fresh count of tries; a row whose deadline has passed gets `deadline` (or it would
     /// expire again at once).

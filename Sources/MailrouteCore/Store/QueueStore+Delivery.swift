@@ -377,6 +377,12 @@ extension QueueStore {
         }
     }
 
+    public func messageID(idempotencyKey: String) throws -> Int64? {
+        try pool.read { db in
+            try MessageRecord.filter(MessageRecord.Columns.idempotencyKey == idempotencyKey).select(MessageRecord.Columns.id, as: Int64.self).fetchOne(db)
+        }
+    }
+
     public func retry(ids: [Int64]?, onlyFailed: Bool, deadline: Double) throws -> Int {
         try pool.write { db in
             var sql = """

@@ -506,6 +506,12 @@ extension PostgresStore {
         return count
     }
 
+    public func messageID(idempotencyKey: String) async throws -> Int64? {
+        let rows = try await query("SELECT id FROM messages WHERE idempotency_key = \(idempotencyKey)")
+        for try await row in rows { return try row.decode(Int64.self) }
+        return nil
+    }
+
     public func cancel(id: Int64) async throws -> Bool {
         let rows = try await query(
             """

@@ -20,6 +20,10 @@ let package = Package(
         .package(url: "https://github.com/vapor/postgres-nio", exact: "1.33.2"),
         // postgres-nio's TLS; named here only to build its client configuration.
         .package(url: "https://github.com/apple/swift-nio-ssl", exact: "2.37.6"),
+        // The HTTP API (SPEC §9); its default traits pull in swift-configuration, unused here.
+        .package(url: "https://github.com/hummingbird-project/hummingbird", exact: "2.28.1", traits: []),
+        // Named for NIOCore's Channel (the API's bound address); the version postgres-nio and Hummingbird resolve to.
+        .package(url: "https://github.com/apple/swift-nio", exact: "2.101.3"),
     ],
     targets: [
         // C stays in these two shim targets; Swift sees typed wrappers only.
@@ -60,11 +64,27 @@ let package = Package(
             name: "MailrouteCLI",
             dependencies: [
                 "MailrouteCore",
+                "MailrouteAPI",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "PostgresNIO", package: "postgres-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
+        ),
+        // The HTTP API: routes, auth and JSON over the operations MailrouteCore's Control offers the CLI too.
+        .target(
+            name: "MailrouteAPI",
+            dependencies: [
+                "MailrouteCore",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            // Served at GET /openapi.json, from the committed file itself: one document, no copy to drift.
+            resources: [.embedInCode("openapi.json")]
         ),
         .executableTarget(name: "mailrouted", dependencies: ["MailrouteCLI"]),
         .executableTarget(name: "mailroutectl", dependencies: ["MailrouteCLI"]),
@@ -73,7 +93,10 @@ let package = Package(
             dependencies: [
                 "MailrouteCore",
                 "MailrouteCLI",
+                "MailrouteAPI",
                 .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdTesting", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "ServiceLifecycleTestKit", package: "swift-service-lifecycle"),

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Logging
+import MailrouteAPI
 import MailrouteCore
 import ServiceLifecycle
 
@@ -30,6 +31,13 @@ public struct MailrouteDaemonCommand: AsyncParsableCommand {
         }
     }
 
+    /// The HTTP API when `[api] listen` is set; no token refuses the start.
+    @Sendable static func api(_ parts: DaemonParts) throws -> [any Service] {
+        guard parts.settings.api.listen != .off else { return [] }
+        let tokens = try APITokens.load(parts.settings.api)
+        return [APIService(settings: parts.settings, store: parts.store, tokens: tokens, metrics: parts.metrics, logger: parts.logger)]
+    }
+
     public func run() async throws {
         let path = MailrouteConfiguration.absolutePath(
             config ?? ProcessInfo.processInfo.environment["MAILROUTE_CONFIG"] ?? "/etc/mailroute/mailroute.toml")
@@ -50,7 +58,7 @@ public struct MailrouteDaemonCommand: AsyncParsableCommand {
         }
         let logger = Logger(label: "mailrouted")
         do {
-            try await MailrouteDaemon(settings: settings, configPath: path, logger: logger).run()
+            try await MailrouteDaemon(settings: settings, configPath: path, logger: logger, services: Self.api).run()
         } catch {
             logger.critical("cannot start", metadata: ["error": "\(error)"])
             throw ExitCode.failure

@@ -4,7 +4,7 @@ import TOMLKit
 /// A problem in the config file, naming the key (as `section.key`) that is wrong.
 public struct ConfigFileError: Error, CustomStringConvertible, Equatable {
     public let description: String
-    init(_ description: String) { self.description = description }
+    public init(_ description: String) { self.description = description }
 }
 
 extension MailrouteConfiguration {

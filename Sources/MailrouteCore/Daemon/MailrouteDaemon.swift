@@ -2,16 +2,31 @@ import Foundation
 import Logging
 import ServiceLifecycle
 
+/// What a service outside Core (the HTTP API) is built from, once the queue is open.
+public struct DaemonParts: Sendable {
+    public let settings: MailrouteConfiguration
+    public let store: any QueueBackend
+    /// `GET /metrics`'s body.
+    public let metrics: (@Sendable () async -> [UInt8])?
+    public let logger: Logger
+}
+
 /// Assembles the daemon's services and runs them until SIGTERM or SIGINT.
 public struct MailrouteDaemon: Sendable {
     public let settings: MailrouteConfiguration
     public let configPath: String
     public let logger: Logger
+    /// More services for the group (the HTTP API); throwing refuses the start.
+    public let services: @Sendable (DaemonParts) throws -> [any Service]
 
-    public init(settings: MailrouteConfiguration, configPath: String, logger: Logger) {
+    public init(
+        settings: MailrouteConfiguration, configPath: String, logger: Logger,
+        services: @escaping @Sendable (DaemonParts) throws -> [any Service] = { _ in [] }
+    ) {
         self.settings = settings
         self.configPath = configPath
         self.logger = logger
+        self.services = services
     }
 
     public func run() async throws {
@@ -38,6 +53,7 @@ public struct MailrouteDaemon: Sendable {
         let notifier = SystemdNotifier()
         let dispatcher = try Dispatcher(
             settings: settings, store: store, secrets: secrets, logger: logger, notifier: notifier, transport: CurlMultiTransport())
+        let more = try services(DaemonParts(settings: settings, store: store, metrics: nil, logger: logger))
         let platform = settings.platform
         logger.info(
             "started",
@@ -57,7 +73,7 @@ public struct MailrouteDaemon: Sendable {
                     .init(service: dispatcher),
                     .init(service: ReloadService(
                         configPath: configPath, dispatcher: dispatcher, notifier: notifier, logger: logger, current: settings)),
-                ],
+                ] + more.map { ServiceGroupConfiguration.ServiceConfiguration(service: $0) },
                 gracefulShutdownSignals: [.sigterm, .sigint],
                 logger: logger))
         try await group.run()

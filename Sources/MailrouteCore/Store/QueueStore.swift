@@ -187,7 +187,7 @@ public final class QueueStore: QueueBackend {
             if record.isDefault {
                 let others = try SMTPConfigRecord.filter(SMTPConfigRecord.Columns.tenant == tenant).fetchCount(db) - 1
                 if others > 0 {
-                    throw MailrouteError.conflict(
+                    throw MailrouteError.rule(
                         "\(record.label) is the default of tenant \(tenant), which has \(others) other configuration(s); "
                             + "make another one the default first (config set-default)")
                 }
@@ -202,7 +202,7 @@ public final class QueueStore: QueueBackend {
         try pool.write { db in
             let record = try Self.existing(db, tenant: tenant, name: name)
             guard record.enabled else {
-                throw MailrouteError.conflict("\(record.label) is disabled; a disabled configuration cannot be the default")
+                throw MailrouteError.rule("\(record.label) is disabled; a disabled configuration cannot be the default")
             }
             try db.execute(
                 sql: "UPDATE smtp_configs SET is_default = 0, updated_at = ? WHERE tenant = ? AND is_default = 1 AND id <> ?",
@@ -217,7 +217,7 @@ public final class QueueStore: QueueBackend {
         try pool.write { db in
             let record = try Self.existing(db, tenant: tenant, name: name)
             if !enabled && record.isDefault {
-                throw MailrouteError.conflict(
+                throw MailrouteError.rule(
                     "\(record.label) is the default of tenant \(tenant) and the default cannot be disabled; "
                         + "make another configuration the default first (config set-default), or delete it")
             }

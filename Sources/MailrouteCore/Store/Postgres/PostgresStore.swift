@@ -538,7 +538,7 @@ public final class PostgresStore: QueueBackend {
                     others = try row.decode(Int.self)
                 }
                 if others > 0 {
-                    throw MailrouteError.conflict(
+                    throw MailrouteError.rule(
                         "\(record.label) is the default of tenant \(tenant), which has \(others) other configuration(s); "
                             + "make another one the default first (config set-default)")
                 }
@@ -556,7 +556,7 @@ public final class PostgresStore: QueueBackend {
         try await transaction { db in
             let record = try await Self.existing(db, tenant: tenant, name: name, logger: self.logger)
             guard record.enabled else {
-                throw MailrouteError.conflict("\(record.label) is disabled; a disabled configuration cannot be the default")
+                throw MailrouteError.rule("\(record.label) is disabled; a disabled configuration cannot be the default")
             }
             let now = QueueStore.now()
             try await db.query(
@@ -570,7 +570,7 @@ public final class PostgresStore: QueueBackend {
         try await transaction { db in
             let record = try await Self.existing(db, tenant: tenant, name: name, logger: self.logger)
             if !enabled && record.isDefault {
-                throw MailrouteError.conflict(
+                throw MailrouteError.rule(
                     "\(record.label) is the default of tenant \(tenant) and the default cannot be disabled; "
                         + "make another configuration the default first (config set-default), or delete it")
             }

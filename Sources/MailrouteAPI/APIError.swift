@@ -39,6 +39,7 @@ struct APIError: Error, HTTPResponseError {
         var response = try JSONResponse.make(
             Body(error: Body.Detail(code: code, message: message, field: field), id: existingID), status: status)
         if status == .unauthorized { response.headers[.wwwAuthenticate] = "Bearer" }
+        if status == .serviceUnavailable { response.headers[.retryAfter] = "1" }
         return response
     }
 
@@ -59,6 +60,12 @@ struct APIError: Error, HTTPResponseError {
             }
         case let error as DuplicateMessage:
             return APIError(status: .conflict, code: "duplicate", message: error.description, existingID: error.id)
+        case let error as SecretError:
+            // The daemon's own setup (its key), not the request: the operator's sentence says what to fix.
+            return APIError(status: .serviceUnavailable, code: "no_key", message: error.description)
+        case _ where DatabaseFault.isTransient(error):
+            // Full, locked or unreachable: the same request may succeed in a moment.
+            return APIError(status: .serviceUnavailable, code: "unavailable", message: DatabaseFault(error).headline + "; try again")
         case let error as HTTPError where error.status == .contentTooLarge:
             return APIError(status: .contentTooLarge, code: "too_large", message: "the request body is over the limit ([api] max_body_bytes)")
         case let error as DatabaseError where error.resultCode == .SQLITE_CONSTRAINT:

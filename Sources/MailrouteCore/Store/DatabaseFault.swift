@@ -54,7 +54,7 @@ public enum DatabaseFault: Sendable, Equatable {
     }
 
     /// The start of the STATUS line and of the log line.
-    var headline: String {
+    public var headline: String {
         switch self {
         case .diskFull: "DISK FULL: queue database cannot be written"
         case .locked: "queue database locked by another connection"

@@ -61,6 +61,8 @@ public protocol QueueBackend: AnyObject, Sendable {
     func releaseConnections() async throws
     @discardableResult func purgeSent(before cutoff: Double, batch: Int) async throws -> Int
     func counts(now: Double) async throws -> QueueCounts
+    /// The metrics' scrape-time gauges besides `counts` (`MailrouteMetrics.exposition`).
+    func gauges(now: Double) async throws -> QueueGauges
     /// Something that says when others committed (new rows, changed configurations).
     func wakeups(doorbell: Doorbell) throws -> any QueueWakeups
 

@@ -50,6 +50,10 @@ public struct ClaimBatch: Sendable {
     public var admittedAll: Bool
     /// Shared queue: the configurations whose connections this claim took or kept.
     public var owned: [Int64] = []
+    /// Rows this claim expired (their deadline passed while they waited), by the configuration
+    /// they were routed to (nil: the relay's, or not yet routed): most expiries happen here,
+    /// not in a delivery, and the metrics count them (`MailrouteMetrics`).
+    public var expired: [Int64?: Int] = [:]
 }
 
 /// How one try ended, to be written with its attempts rows in one transaction.
@@ -75,6 +79,19 @@ public struct QueueCounts: Sendable, Equatable, Codable {
     public var expired = 0
     public var cancelled = 0
     public var sentLastMinute = 0
+}
+
+/// What a metrics scrape reads besides `QueueCounts`, in one cheap read.
+public struct QueueGauges: Sendable, Equatable {
+    /// When the message that has waited longest since it became due (a `queued` row, or a
+    /// `deferred` one whose retry time has come) became due; nil when nothing is due.
+    public var oldestDueAt: Double?
+    /// Configurations by status (each status present, 0 when none).
+    public var configurations: [ConfigStatus: Int] = Dictionary(uniqueKeysWithValues: ConfigStatus.allCases.map { ($0, 0) })
+
+    public init(oldestDueAt: Double? = nil) {
+        self.oldestDueAt = oldestDueAt
+    }
 }
 
 extension QueueStore {
@@ -194,16 +211,20 @@ extension QueueStore {
                 }
             }
 
+            var expired: [Int64?: Int] = [:]
             if plan.expire {
                 // The reason as `MessageLifetime.reason(deadline:dueAt:lastError:)` words it.
-                try db.execute(
+                let rows = try Row.fetchCursor(
+                    db,
                     sql: """
                         UPDATE messages SET status = 'expired', last_error_kind = 'expired', lease_until = NULL,
                             last_error = CASE WHEN expires_at >= coalesce(send_at, created_at) + ? THEN ? ELSE ? END
                                 || coalesce('; last error: ' || nullif(last_error, ''), '')
                         WHERE status IN ('queued', 'deferred') AND expires_at IS NOT NULL AND expires_at <= ?
+                        RETURNING config_id
                         """,
                     arguments: [plan.lifetime.seconds, plan.lifetime.lifetimeReason, MessageLifetime.ownReason, plan.now])
+                while let row = try rows.next() { expired[row[0] as Int64?, default: 0] += 1 }
             }
 
             // Read in order, one row at a time, until the plan has what it can take.
@@ -221,7 +242,7 @@ extension QueueStore {
                 let resolution = Router.resolve(keys, in: table, explain: false)
                 if chooser.take(resolution) { chosen.append((row[0], resolution)) }
             }
-            guard !chosen.isEmpty else { return ClaimBatch(messages: [], admittedAll: admittedAll) }
+            guard !chosen.isEmpty else { return ClaimBatch(messages: [], admittedAll: admittedAll, expired: expired) }
 
             let ids = chosen.map(\.id)
             let list = ids.map(String.init).joined(separator: ",")
@@ -243,7 +264,7 @@ extension QueueStore {
                     messages[candidate.id].map {
                         ClaimedMessage(message: $0, attachments: byMessage[candidate.id] ?? [], resolution: candidate.resolution)
                     }
-                }, admittedAll: admittedAll)
+                }, admittedAll: admittedAll, expired: expired)
         }
     }
 
@@ -320,6 +341,32 @@ extension QueueStore {
 
     public func counts(now: Double) async throws -> QueueCounts {
         try await pool.read { db in try Self.counts(db, now: now) }
+    }
+
+    /// Both from partial indexes: the unadmitted and waiting rows' minimum is the first entry of
+    /// theirs; admitted `queued` rows (all due) are read through `messages_ready`, so the cost
+    /// grows with the backlog waiting for room, never with the rows kept after they finished.
+    public func gauges(now: Double) async throws -> QueueGauges {
+        try await pool.read { db in
+            var gauges = QueueGauges(
+                oldestDueAt: try Double.fetchOne(
+                    db,
+                    sql: """
+                        SELECT min(t) FROM (
+                            SELECT min(coalesce(send_at, created_at)) AS t FROM messages INDEXED BY messages_unadmitted_due
+                            WHERE effective_priority IS NULL AND status = 'queued' AND coalesce(send_at, created_at) <= ?
+                            UNION ALL
+                            SELECT min(coalesce(next_attempt_at, send_at, created_at)) FROM messages INDEXED BY messages_ready
+                            WHERE status = 'queued' AND effective_priority IS NOT NULL
+                            UNION ALL
+                            SELECT min(next_attempt_at) FROM messages INDEXED BY messages_waiting
+                            WHERE status = 'deferred' AND next_attempt_at <= ?)
+                        """, arguments: [now, now]))
+            for row in try Row.fetchAll(db, sql: "SELECT status, count(*) FROM smtp_configs GROUP BY status") {
+                if let status = ConfigStatus(rawValue: row[0]) { gauges.configurations[status] = row[1] }
+            }
+            return gauges
+        }
     }
 
     static func counts(_ db: Database, now: Double) throws -> QueueCounts {

@@ -104,18 +104,21 @@ extension PostgresStore {
                     WHERE m.id = a.id
                     """, logger: logger)
             }
+            var expired: [Int64?: Int] = [:]
             if plan.expire {
                 // The reason as `MessageLifetime.reason(deadline:dueAt:lastError:)` words it.
                 let lifetime = plan.lifetime.seconds, lifetimeReason = plan.lifetime.lifetimeReason
                 let ownReason = MessageLifetime.ownReason
-                try await db.query(
+                let rows = try await db.query(
                     """
                     UPDATE messages SET status = 'expired', last_error_kind = 'expired', lease_until = NULL,
                         last_error = CASE WHEN expires_at >= coalesce(send_at, created_at) + \(lifetime) THEN \(lifetimeReason)
                                           ELSE \(ownReason) END || coalesce('; last error: ' || nullif(last_error, ''), '')
                     WHERE id IN (SELECT id FROM messages WHERE status IN ('queued', 'deferred') AND expires_at IS NOT NULL
                                                           AND expires_at <= \(now) FOR UPDATE SKIP LOCKED)
+                    RETURNING config_id
                     """, logger: logger)
+                for try await row in rows { expired[try row.decode(Int64?.self), default: 0] += 1 }
             }
 
             // Given up first, in this transaction: a row chosen below takes its configuration
@@ -156,7 +159,7 @@ extension PostgresStore {
                 let resolution = Router.resolve(keys, in: table, explain: false)
                 if chooser.take(resolution) { chosen.append((id, resolution)) }
             }
-            guard !chosen.isEmpty else { return ClaimBatch(messages: [], admittedAll: admittedAll) }
+            guard !chosen.isEmpty else { return ClaimBatch(messages: [], admittedAll: admittedAll, expired: expired) }
 
             // Take (or keep) the connections of the configurations these rows go to; a
             // configuration another daemon took meanwhile keeps its rows for that daemon.
@@ -205,7 +208,7 @@ extension PostgresStore {
                     }
                 }
             }
-            guard !chosen.isEmpty else { return ClaimBatch(messages: [], admittedAll: admittedAll) }
+            guard !chosen.isEmpty else { return ClaimBatch(messages: [], admittedAll: admittedAll, expired: expired) }
 
             let ids = chosen.map(\.id)
             let claimed = try await db.query(
@@ -241,7 +244,7 @@ extension PostgresStore {
                             message: message, attachments: attachments[candidate.id] ?? [], resolution: candidate.resolution,
                             claimToken: token)
                     }
-                }, admittedAll: admittedAll, owned: Array(mine))
+                }, admittedAll: admittedAll, owned: Array(mine), expired: expired)
         }
     }
 
@@ -404,6 +407,33 @@ extension PostgresStore {
     }
 
     // MARK: - Operator views
+
+    /// One round trip. The minimum of the unadmitted and waiting rows is the first entry of
+    /// their partial indexes; admitted `queued` rows (all due) are the backlog waiting for room,
+    /// so the cost grows with that, never with the rows kept after they finished.
+    public func gauges(now: Double) async throws -> QueueGauges {
+        var gauges = QueueGauges()
+        let rows = try await query(
+            """
+            SELECT status, count(*)::bigint, NULL::double precision FROM smtp_configs GROUP BY status
+            UNION ALL
+            SELECT 'oldest_due', 0, least(
+                (SELECT min(coalesce(send_at, created_at)) FROM messages
+                 WHERE effective_priority IS NULL AND status = 'queued' AND coalesce(send_at, created_at) <= \(now)),
+                (SELECT min(coalesce(next_attempt_at, send_at, created_at)) FROM messages
+                 WHERE status = 'queued' AND effective_priority IS NOT NULL),
+                (SELECT min(next_attempt_at) FROM messages WHERE status = 'deferred' AND next_attempt_at <= \(now)))
+            """)
+        for try await row in rows {
+            let (name, n, at) = try row.decode((String, Int, Double?).self)
+            if name == "oldest_due" {
+                gauges.oldestDueAt = at
+            } else if let status = ConfigStatus(rawValue: name) {
+                gauges.configurations[status] = n
+            }
+        }
+        return gauges
+    }
 
     public func counts(now: Double) async throws -> QueueCounts {
         var counts = QueueCounts()

@@ -179,6 +179,19 @@ struct PoolRegistry {
         return out
     }
 
+    /// Connections per pool in service, by its name (`tenant/name`, or `platform`), summed
+    /// over the versions of a configuration's settings. Retired pools are not here: their
+    /// series leave the metrics while their last sends finish.
+    func connections() -> [String: PoolConnections] {
+        var byName: [String: PoolConnections] = [:]
+        for pool in pools.values {
+            let c = pool.connections
+            byName[pool.name, default: PoolConnections()].open += c.open
+            byName[pool.name, default: PoolConnections()].busy += c.busy
+        }
+        return byName
+    }
+
     func hasPool(configID: Int64) -> Bool {
         pools.keys.contains { if case .config(configID, _) = $0 { true } else { false } }
     }

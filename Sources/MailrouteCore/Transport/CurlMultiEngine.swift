@@ -253,6 +253,7 @@ final class CurlMultiEngine: @unchecked Sendable {
         } else {
             connect(slot)
         }
+        pool.publishConnections()
     }
 
     /// libcurl's part: TCP, greeting, EHLO, STARTTLS or TLS, AUTH.
@@ -281,6 +282,7 @@ final class CurlMultiEngine: @unchecked Sendable {
                 slot.connection = Slot.Connection(
                     socket: slot.easy.activeSocket, capabilities: SMTPTransaction.Capabilities(slot.easy.transcript), lastUsed: now)
                 connected[ObjectIdentifier(slot)] = slot
+                slot.pool.publishConnections()
                 converse(slot, reused: false, now: now)
             } else {
                 let error = slot.easy.failure(code)
@@ -445,6 +447,7 @@ final class CurlMultiEngine: @unchecked Sendable {
         pool.inFlight -= 1
         pool.lastActive = Monotonic.now()
         pool.shared.noteTry(seconds: pool.lastActive - slot.startedAt)
+        pool.publishConnections()
         dirty.insert(pool.id)
         job?.done(completion)
     }
@@ -476,6 +479,7 @@ final class CurlMultiEngine: @unchecked Sendable {
         slot.transaction = nil
         slot.clearOutput()
         slot.phase = .idle
+        slot.pool.publishConnections()
     }
 
     /// The slot's handle and share go; its cache is empty, so this waits for nothing.
@@ -512,6 +516,17 @@ private final class PoolState {
         self.limits = limits
         self.shared = shared
         sendInterval = limits.ratePerMinute.flatMap { $0 > 0 ? 60.0 / Double($0) : nil }
+    }
+
+    /// Counted on the engine thread, where the slots are; a scrape reads the copy in `shared`.
+    /// At most `maxConnections` slots, so the count costs little beside a message's work.
+    func publishConnections() {
+        var counted = PoolConnections()
+        for slot in slots where slot.connection != nil {
+            counted.open += 1
+            if slot.job != nil { counted.busy += 1 }
+        }
+        shared.connections = counted
     }
 
     /// An idle slot, one with an open connection first; or a new one within the limit.

@@ -49,6 +49,8 @@ public final class CurlMultiPool: SMTPPool {
 
     public var secondsPerMessage: Double? { shared.secondsPerMessage }
 
+    public var connections: PoolConnections { shared.connections }
+
     public func perform(_ work: PoolWork) async -> PoolCompletion {
         await withCheckedContinuation { continuation in
             submit(work) { continuation.resume(returning: $0) }
@@ -141,8 +143,15 @@ final class PoolShared: @unchecked Sendable {
     private var cancelled: Set<Int> = []
     private var nextWaiter = 0
     private var pace: Double?
+    private var _connections = PoolConnections()
 
     var load: Int { lock.withLock { _load } }
+
+    /// As the engine last published them: its slots are its thread's alone.
+    var connections: PoolConnections {
+        get { lock.withLock { _connections } }
+        set { lock.withLock { _connections = newValue } }
+    }
 
     var secondsPerMessage: Double? { lock.withLock { pace } }
 

@@ -18,6 +18,8 @@ public protocol SMTPPool: AnyObject, Sendable {
     /// How long one connection has lately taken per message sent (nil: no measure yet); the
     /// dispatcher gives a fast pool more messages in hand (`ClaimPlan.depth`).
     var secondsPerMessage: Double? { get }
+    /// Its connections as they stand, for the metrics (read at scrape time, from any thread).
+    var connections: PoolConnections { get }
     /// Runs `work` on one of the pool's connections.
     func perform(_ work: PoolWork) async -> PoolCompletion
     /// Stops taking work: queued work completes `.notStarted`, work in hand finishes, then
@@ -27,6 +29,21 @@ public protocol SMTPPool: AnyObject, Sendable {
 
 extension SMTPPool {
     public func close() async { await close(timeout: 30) }
+
+    /// A pool that keeps no connections of its own to count.
+    public var connections: PoolConnections { PoolConnections() }
+}
+
+/// A pool's connections: `open`, established (logged in, idle or in use); `busy`, those of
+/// them with a message in hand. A connection still being made counts in neither.
+public struct PoolConnections: Sendable, Equatable {
+    public var open: Int
+    public var busy: Int
+
+    public init(open: Int = 0, busy: Int = 0) {
+        self.open = open
+        self.busy = busy
+    }
 }
 
 public struct PoolLimits: Sendable, Equatable {

@@ -93,6 +93,12 @@ private final class FakePool: SMTPPool, @unchecked Sendable {
 
     var secondsPerMessage: Double? { nil }
 
+    /// No sockets here: each send in hand stands for a connection open and busy.
+    var connections: PoolConnections {
+        let inUse = min(load, limits.maxConnections)
+        return PoolConnections(open: inUse, busy: inUse)
+    }
+
     func perform(_ work: PoolWork) async -> PoolCompletion {
         let open = lock.withLock { () -> Bool in
             guard !closed else { return false }

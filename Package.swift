@@ -24,6 +24,9 @@ let package = Package(
         .package(url: "https://github.com/hummingbird-project/hummingbird", exact: "2.28.1", traits: []),
         // Named for NIOCore's Channel (the API's bound address); the version postgres-nio and Hummingbird resolve to.
         .package(url: "https://github.com/apple/swift-nio", exact: "2.101.3"),
+        // Metrics (SPEC §9): swift-metrics is the API libraries record through; swift-prometheus renders the text format.
+        .package(url: "https://github.com/apple/swift-metrics", exact: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", exact: "2.4.1"),
     ],
     targets: [
         // C stays in these two shim targets; Swift sees typed wrappers only.
@@ -58,6 +61,8 @@ let package = Package(
                 .product(name: "TOMLKit", package: "TOMLKit"),
                 .product(name: "PostgresNIO", package: "postgres-nio"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
             ]
         ),
         .target(

@@ -1,5 +1,7 @@
 import Foundation
 import Logging
+import Metrics
+import Prometheus
 import ServiceLifecycle
 
 /// What a service outside Core (the HTTP API) is built from, once the queue is open.
@@ -34,6 +36,7 @@ public struct MailrouteDaemon: Sendable {
     }
 
     private func run(_ store: any QueueBackend) async throws {
+        let metrics = MailrouteMetrics(registry: Self.metricsRegistry, store: store)
         let migrations = try await store.appliedMigrations()
         let configs = try await store.configs()
         let secrets: SecretBox?
@@ -52,8 +55,9 @@ public struct MailrouteDaemon: Sendable {
         signal(SIGHUP, SIG_IGN)
         let notifier = SystemdNotifier()
         let dispatcher = try Dispatcher(
-            settings: settings, store: store, secrets: secrets, logger: logger, notifier: notifier, transport: CurlMultiTransport())
-        let more = try services(DaemonParts(settings: settings, store: store, metrics: nil, logger: logger))
+            settings: settings, store: store, secrets: secrets, logger: logger, notifier: notifier, transport: CurlMultiTransport(),
+            metrics: metrics)
+        let more = try services(DaemonParts(settings: settings, store: store, metrics: { await metrics.exposition() }, logger: logger))
         let platform = settings.platform
         logger.info(
             "started",
@@ -79,4 +83,13 @@ public struct MailrouteDaemon: Sendable {
         try await group.run()
         logger.info("stopped")
     }
+
+    /// The process's one registry, given to swift-metrics on first use: the libraries' series
+    /// (the HTTP server's) are served beside ours, and `MetricsSystem` may be bootstrapped only
+    /// once in a process.
+    private static let metricsRegistry: PrometheusCollectorRegistry = {
+        let registry = PrometheusCollectorRegistry()
+        MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
+        return registry
+    }()
 }

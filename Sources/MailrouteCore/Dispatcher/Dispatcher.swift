@@ -17,6 +17,8 @@ public actor Dispatcher: Service {
     let logger: Logger
     let notifier: SystemdNotifier
     let transport: any SMTPTransport
+    /// nil: nothing recorded (most tests).
+    let metrics: MailrouteMetrics?
     let now: @Sendable () -> Double
     let random: @Sendable () -> Double
     private var platformPassword: String?
@@ -61,6 +63,7 @@ public actor Dispatcher: Service {
     public init(
         settings: MailrouteConfiguration, store: any QueueBackend, secrets: SecretBox?, logger: Logger,
         notifier: SystemdNotifier = SystemdNotifier(), transport: any SMTPTransport = CurlMultiTransport(),
+        metrics: MailrouteMetrics? = nil,
         now: @escaping @Sendable () -> Double = { Date().timeIntervalSince1970 },
         random: @escaping @Sendable () -> Double = { Double.random(in: 0..<1) }
     ) throws {
@@ -70,6 +73,7 @@ public actor Dispatcher: Service {
         self.logger = logger
         self.notifier = notifier
         self.transport = transport
+        self.metrics = metrics
         self.pools = PoolRegistry(transport: transport, pacing: store.pacing)
         self.now = now
         self.random = random
@@ -141,6 +145,7 @@ public actor Dispatcher: Service {
 
     public func run() async throws {
         await writer.report(to: self)
+        metrics?.observePools { [weak self] in await self?.connections() ?? [:] }
         let wakeups = try store.wakeups(doorbell: doorbell)
         defer { wakeups.cancel() }
         let stop = self.stop
@@ -212,6 +217,9 @@ public actor Dispatcher: Service {
                         // for the once-a-second refresh below.
                         let plan = claimPlan(now: t, expire: expire)
                         let batch = try await store.claimBatch(plan)
+                        if let metrics {
+                            for (id, count) in batch.expired { metrics.recordExpired(config: label(ofConfig: id), count: count) }
+                        }
                         givenUp.subtract(plan.giveUp)
                         leaving.subtract(plan.giveUp)
                         owned.subtract(plan.giveUp)
@@ -431,6 +439,8 @@ public actor Dispatcher: Service {
         }
         do {
             try await writer.write(claimed, outcome: outcome)
+            // Once committed: an outcome not written is tried again, and would count twice.
+            metrics?.record(outcome, config: claimed.resolution.config?.label ?? "platform", createdAt: claimed.message.createdAt)
         } catch {
             // The lease runs out and the row is retried: at-least-once holds.
             logger.error("could not record a delivery", metadata: [LogKey.id: "\(claimed.id)", "error": "\(error)"])
@@ -626,6 +636,16 @@ public actor Dispatcher: Service {
     }
 
     // MARK: - Pools
+
+    /// The pools in service, for the metrics' connections gauges.
+    func connections() -> [String: PoolConnections] { pools.connections() }
+
+    /// A row's configuration as the metrics label it; nil is the relay's mail (or a row never
+    /// routed). One added since the last refresh of the routing is not known yet.
+    private func label(ofConfig id: Int64?) -> String {
+        guard let id else { return "platform" }
+        return routing.configs[id]?.label ?? "unknown"
+    }
 
     func pool(for config: SMTPConfigRecord) -> (any SMTPPool)? { pools.pool(for: config, settings: settings, secrets: secrets) }
 

@@ -51,10 +51,10 @@ import Testing
         /// Runs the dispatcher until `body` returns, then shuts it down gracefully, as SIGTERM would.
         /// On an executor of its own: the other suites' subprocess tests block the two threads of
         /// the cooperative pool for seconds at a time, which the daemon itself never has to share.
-        func running(_ body: @Sendable () async throws -> Void) async throws {
+        func running(metrics: MailrouteMetrics? = nil, _ body: @Sendable () async throws -> Void) async throws {
             let dispatcher = try Dispatcher(
                 settings: settings, store: store, secrets: nil, logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }),
-                transport: transport)
+                transport: transport, metrics: metrics)
             try await withTaskExecutorPreference(EngineExecutor.shared) {
                 try await testGracefulShutdown { trigger in
                     try await withThrowingTaskGroup(of: Void.self) { group in

@@ -199,6 +199,52 @@ import Testing
         #expect(log.last?["config"] as? String == "acme/main")
     }
 
+    /// `GET /metrics` (no token: metrics_auth is off) moves with the queue: after one delivery
+    /// the sent counter, the attempt counter and the latency histogram say so, and no
+    /// recipient appears in any label.
+    @Test func metricsChangeAfterADelivery() throws {
+        let server = try SMTPTestServer()
+        let api = try APIDaemon()
+        try api.start()
+        #expect(try api.curl("POST", "/v1/configurations", """
+            {"tenant":"acme","name":"main","host":"127.0.0.1","port":\(server.port),"security":"none","from_address":"reports@acme.test"}
+            """).status == 201)
+        let before = try api.curl("GET", "/metrics", token: nil)
+        #expect(before.status == 200, "\(before.text) \(api.daemon.log())")
+        #expect(!before.text.contains(#"mailroute_messages_total{config="acme/main",outcome="sent"}"#))
+        let id = try api.daemon.enqueue(tenant: "acme", to: ["metrics-ann@example.test"], subject: "Metrics")
+        _ = try api.daemon.waitFor(id, .sent)
+        var after = ""
+        func value(_ name: String, _ labels: [String: String] = [:]) -> Double? {
+            Self.samples(after).first { $0.name == name && $0.labels == labels }?.value
+        }
+        #expect(waitUntil {
+            after = (try? api.curl("GET", "/metrics", token: nil).text) ?? ""
+            return value("mailroute_messages_total", ["config": "acme/main", "outcome": "sent"]) == 1
+        }, "\(after)")
+        #expect(value("mailroute_attempts_total", ["error_kind": "none", "outcome": "sent"]) == 1, "\(after)")
+        #expect(value("mailroute_delivery_latency_seconds_count") == 1, "\(after)")
+        #expect(value("mailroute_queue_messages", ["status": "sent"]) == 1, "\(after)")
+        #expect(value("mailroute_configurations", ["status": "verified"]) == 1, "a success verifies it: \(after)")
+        #expect(value("mailroute_database_up") == 1)
+        #expect(!after.contains("metrics-ann"), "recipients are not label values")
+    }
+
+    /// Prometheus text as (name, labels, value), whatever order the labels come in.
+    static func samples(_ text: String) -> [(name: String, labels: [String: String], value: Double)] {
+        text.split(separator: "\n").compactMap { line in
+            guard !line.hasPrefix("#"), let space = line.lastIndex(of: " "), let value = Double(line[line.index(after: space)...]) else { return nil }
+            let series = line[..<space]
+            guard let brace = series.firstIndex(of: "{") else { return (String(series), [:], value) }
+            var labels: [String: String] = [:]
+            for pair in series[series.index(after: brace)..<series.index(before: series.endIndex)].split(separator: ",") {
+                let parts = pair.split(separator: "=", maxSplits: 1)
+                if parts.count == 2 { labels[String(parts[0])] = String(parts[1].dropFirst().dropLast()) }
+            }
+            return (String(series[..<brace]), labels, value)
+        }
+    }
+
     @Test func aUnixSocketTheProxyGroupCanReach() throws {
         let socket = Paths.temporaryDirectory("api-sock").appendingPathComponent("api.sock").path
         let api = try APIDaemon(listen: "unix:\(socket)")

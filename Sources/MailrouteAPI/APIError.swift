@@ -72,6 +72,9 @@ struct APIError: Error, HTTPResponseError {
             // SQLite's sentence names the column: "CHECK constraint failed: rcpt_to must be …".
             let sentence = (error.message ?? "").replacingOccurrences(of: "CHECK constraint failed: ", with: "")
             return refused(firstWord(sentence), sentence)
+        case let error as PostgresStore.Failure:
+            guard let state = error.sqlState, state.hasPrefix("23") || state == "P0001" else { return nil }
+            return refused(error.column ?? firstWord(error.description), error.description)
         case let error as PSQLError:
             // Class 23 (integrity) and the schema's own RAISE EXCEPTION (P0001) name the column too.
             guard let state = error.serverInfo?[.sqlState], state.hasPrefix("23") || state == "P0001" else { return nil }

@@ -15,10 +15,13 @@ import Testing
         let daemon: DaemonProcess
         private(set) var base = ""
 
-        init(listen: String = "127.0.0.1:0", api extra: String = "", writeToken: Bool = true, platformPort: Int = closedPort()) throws {
+        init(
+            backend: Backend = .sqlite, listen: String = "127.0.0.1:0", api extra: String = "", writeToken: Bool = true,
+            platformPort: Int = closedPort()
+        ) throws {
             let tokenLine = writeToken ? #"token_file = "api.token""# : ""
             env = try CtlEnvironment(
-                platformPort: platformPort,
+                backend: backend, platformPort: platformPort,
                 extraTOML: """
 
                     [api]
@@ -62,9 +65,9 @@ import Testing
         }
     }
 
-    @Test func everyResourceFromPythonUrllib() throws {
+    @Test(arguments: Backend.allCases) func everyResourceFromPythonUrllib(_ backend: Backend) throws {
         let server = try SMTPTestServer()
-        let api = try APIDaemon()
+        let api = try APIDaemon(backend: backend)
         try api.start()
         let result = try runProcess(
             URL(fileURLWithPath: "/usr/bin/python3"),

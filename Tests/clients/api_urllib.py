@@ -92,6 +92,10 @@ created = expect("enqueue", 201, call("POST", "/v1/messages", message), None, la
 message_id = created.get("id") if isinstance(created, dict) else 0
 expect("enqueue again", 409, call("POST", "/v1/messages", message), None, lambda b: b.get("id") == message_id)
 expect("enqueue bad", 400, call("POST", "/v1/messages", {**message, "idempotency_key": None, "cc": ["x"]}), "cc[0]")
+# Refused by the database's own CHECKs (SQLite's or PostgreSQL's sentence), still a 400 naming the column.
+expect("enqueue bad category", 400, call("POST", "/v1/messages", {**message, "idempotency_key": None, "category": "Bad Name"}), "category")
+expect("enqueue subject with a line break", 400,
+       call("POST", "/v1/messages", {**message, "idempotency_key": None, "subject": "a\r\nBcc: x@y.test"}), "subject")
 expect("get", 200, call("GET", f"/v1/messages/{message_id}"), None, lambda b: b["subject"] == "Welcome" and "attempt_log" in b)
 expect("get missing", 404, call("GET", "/v1/messages/987654321"), None)
 expect("get bad id", 400, call("GET", "/v1/messages/x1"), "id")

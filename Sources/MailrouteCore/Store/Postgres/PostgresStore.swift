@@ -173,10 +173,13 @@ public final class PostgresStore: QueueBackend {
         public let description: String
         /// The SQLSTATE, when the server answered (23514: a CHECK refused the row).
         public let sqlState: String?
+        /// The column a CHECK or the schema's own RAISE named, if any.
+        public let column: String?
 
         init(_ error: PSQLError) {
             description = PostgresStore.describe(error)
             sqlState = error.serverInfo?[.sqlState]
+            column = error.serverInfo?[.columnName]
         }
     }
 

@@ -48,6 +48,14 @@ import Testing
             if let port { base = "http://127.0.0.1:\(port)" }
         }
 
+        /// acme/main, a plain-SMTP configuration at `port`: the tenant's default.
+        func addAcme(port: Int) throws {
+            let reply = try curl("POST", "/v1/configurations", """
+                {"tenant":"acme","name":"main","host":"127.0.0.1","port":\(port),"security":"none","from_address":"reports@acme.test"}
+                """)
+            #expect(reply.status == 201, "\(reply.text)")
+        }
+
         /// `curl` with the token (unless `token` is nil): the status and the JSON body.
         func curl(
             _ method: String, _ path: String, _ body: String? = nil, token: String? = APIDaemonTests.token, socket: String? = nil
@@ -176,9 +184,7 @@ import Testing
         let server = try SMTPTestServer()
         let api = try APIDaemon()
         try api.start()
-        #expect(try api.curl("POST", "/v1/configurations", """
-            {"tenant":"acme","name":"main","host":"127.0.0.1","port":\(server.port),"security":"none","from_address":"reports@acme.test"}
-            """).status == 201)
+        try api.addAcme(port: server.port)
         let created = try api.curl("POST", "/v1/messages", """
             {"tenant":"acme","category":"report","rcpt_to":["Ann <ann@example.test>"],"subject":"Weekly report",
              "text_body":"Numbers inside.","headers":{"X-Report":"weekly"},
@@ -209,9 +215,7 @@ import Testing
         let server = try SMTPTestServer()
         let api = try APIDaemon()
         try api.start()
-        #expect(try api.curl("POST", "/v1/configurations", """
-            {"tenant":"acme","name":"main","host":"127.0.0.1","port":\(server.port),"security":"none","from_address":"reports@acme.test"}
-            """).status == 201)
+        try api.addAcme(port: server.port)
         let before = try api.curl("GET", "/metrics", token: nil)
         #expect(before.status == 200, "\(before.text) \(api.daemon.log())")
         #expect(!before.text.contains(#"mailroute_messages_total{config="acme/main",outcome="sent"}"#))
@@ -283,9 +287,7 @@ import Testing
         let server = try SMTPTestServer.fault("--delay-data", "2")
         let api = try APIDaemon()
         try api.start()
-        #expect(try api.curl("POST", "/v1/configurations", """
-            {"tenant":"acme","name":"main","host":"127.0.0.1","port":\(server.port),"security":"none","from_address":"a@acme.test"}
-            """).status == 201)
+        try api.addAcme(port: server.port)
         let done = DispatchSemaphore(value: 0)
         nonisolated(unsafe) var reply: (status: Int, json: Any?, text: String)?
         Thread {

@@ -23,8 +23,11 @@ struct MessagesAPI {
         }
         group.get("messages") { request, _ in
             try APIInput.onlyQuery(request, ["tenant", "status", "config", "route", "since", "domain", "limit"])
-            // TRACE-MERGE: MessageFilter
-            let rows = try await queue.store.messages(status: nil, tenant: APIInput.query(request, "tenant"), limit: 100)
+            func text(_ name: String) -> String? { APIInput.query(request, name) }
+            let filter = try MessageFilter(
+                tenant: text("tenant"), status: text("status"), config: text("config"), route: text("route"), since: text("since"),
+                domain: text("domain"), limit: text("limit"))
+            let rows = try await queue.store.messages(filter)
             return try JSONResponse.make(rows.map(MessageView.init))
         }
         group.get("messages/{id}") { _, context in

@@ -91,7 +91,7 @@ struct QueueList: CtlCommand {
 
     func execute() async throws {
         try await global.context.withService { service in
-            let rows = try await service.store.messages(status: status, tenant: tenant, limit: limit)
+            let rows = try await service.store.messages(MessageFilter(tenant: tenant, status: status, limit: limit))
             if global.context.json { return try Output.json(rows.map(MessageView.init)) }
             Output.table(
                 ["ID", "STATUS", "TENANT", "CATEGORY", "PRIO", "TRIES", "ROUTE", "CREATED", "SUBJECT"],

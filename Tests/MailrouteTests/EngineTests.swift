@@ -39,7 +39,7 @@ import Testing
 
         func rows(_ ids: [Int64]) async throws -> [MessageRecord] {
             let wanted = Set(ids)
-            return try await store.messages(status: nil, tenant: nil, limit: 10_000)
+            return try await store.messages(MessageFilter(limit: 10_000))
                 .filter { wanted.contains($0.id ?? -1) }
                 .sorted { ($0.id ?? 0) < ($1.id ?? 0) }
         }

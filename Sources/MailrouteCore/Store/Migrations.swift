@@ -24,6 +24,9 @@ enum Migrations {
         migrator.registerMigration("v5-ready-and-waiting") { db in
             try db.execute(sql: v5)
         }
+        migrator.registerMigration("v6-message-trace") { db in
+            try db.execute(sql: v6)
+        }
         return migrator
     }
 
@@ -343,5 +346,13 @@ enum Migrations {
         UPDATE messages SET status = 'deferred'
         WHERE status = 'queued' AND effective_priority IS NOT NULL
           AND next_attempt_at > (julianday('now') - 2440587.5) * 86400.0;
+        """
+
+    /// The message trace (`queue list --since`, `GET /v1/messages?since=`): without it a time
+    /// bound that few rows meet read the whole table, bodies and all. Only an INSERT writes
+    /// it (nothing updates created_at). A configuration's trace needs no index of its own:
+    /// its tenant's (`messages_tenant`) narrows it, and its attempts are by message.
+    static let v6 = """
+        CREATE INDEX messages_created ON messages (created_at);
         """
 }

@@ -67,7 +67,8 @@ public protocol QueueBackend: AnyObject, Sendable {
     func wakeups(doorbell: Doorbell) throws -> any QueueWakeups
 
     // MARK: Operators
-    func messages(status: MessageStatus?, tenant: String?, limit: Int) async throws -> [MessageRecord]
+    /// The message trace: what `queue list` and `GET /v1/messages` show (`MessageFilter`), newest first.
+    func messages(_ filter: MessageFilter) async throws -> [MessageRecord]
     func message(id: Int64) async throws -> (MessageRecord, [AttemptRecord], [AttachmentRecord])?
     func enqueue(_ message: MessageRecord, attachments: [(filename: String, contentType: String, content: Data)]) async throws -> Int64
     /// The message an idempotency key names, if any.

@@ -389,13 +389,65 @@ extension QueueStore {
         return counts
     }
 
-    public func messages(status: MessageStatus?, tenant: String?, limit: Int) throws -> [MessageRecord] {
-        try pool.read { db in
-            var request = MessageRecord.order(MessageRecord.Columns.id.desc).limit(limit)
-            if let status { request = request.filter(MessageRecord.Columns.status == status.rawValue) }
-            if let tenant { request = request.filter(MessageRecord.Columns.tenant == tenant) }
-            return try request.fetchAll(db)
+    /// The message trace (`MessageFilter`), newest first.
+    public func messages(_ filter: MessageFilter) throws -> [MessageRecord] {
+        let (sql, arguments) = Self.messagesQuery(filter)
+        return try pool.read { db in try MessageRecord.fetchAll(db, sql: sql, arguments: arguments) }
+    }
+
+    /// Conditions from fixed fragments, every value bound. A configuration's mail is its
+    /// tenant's, which `messages_tenant` finds before the per-row test. `SELECT *`:
+    /// `MessageRecord` reads the table's columns by position while they are exactly its own,
+    /// by name otherwise.
+    static func messagesQuery(_ filter: MessageFilter) -> (sql: String, arguments: StatementArguments) {
+        var conditions: [String] = []
+        var arguments = StatementArguments()
+        func when(_ condition: String, _ values: [(any DatabaseValueConvertible)?]) {
+            conditions.append(condition)
+            arguments += StatementArguments(values)
         }
+        if let tenant = filter.tenant { when("tenant = ?", [tenant]) }
+        if let status = filter.status { when("status = ?", [status.rawValue]) }
+        if let route = filter.route { when("route = ?", [route.rawValue]) }
+        if let since = filter.since {
+            // The newest rows first, from the end of the table back to the oldest id created in
+            // time (found in `messages_created` alone): the scan stops at `limit` matches or at
+            // that id, never reading older rows, nor sorting a long time range.
+            when("created_at >= ? AND id >= (SELECT min(id) FROM messages INDEXED BY messages_created WHERE created_at >= ?)", [since, since])
+        }
+        if let config = filter.config {
+            // Routing never leaves the tenant, so the tenant narrows exactly. Mail sent straight
+            // to the relay while the configuration was down has no attempt of it: its config_id says.
+            when(
+                """
+                tenant = ? AND (config_id IN (SELECT id FROM smtp_configs WHERE tenant = ? AND name = ?)
+                                OR EXISTS (SELECT 1 FROM attempts WHERE attempts.message_id = messages.id
+                                                                    AND attempts.config_label = ?))
+                """, [config.tenant, config.tenant, config.name, config.description])
+        }
+        let domains = filter.recipientDomainForms
+        if let first = domains.first, let last = domains.last {
+            // The text after an element's last @ (a display name's @ comes before the address's),
+            // without the closing > of `Name <a@x.com>`: the whole domain, so x.com is not ax.com.
+            when(
+                """
+                EXISTS (SELECT 1 FROM (SELECT value AS v FROM json_each(messages.rcpt_to)
+                                       UNION ALL SELECT value FROM json_each(messages.cc)
+                                       UNION ALL SELECT value FROM json_each(messages.bcc))
+                        WHERE instr(v, '@') > 0
+                          AND lower(trim(rtrim(trim(substr(v, length(rtrim(v, replace(v, '@', ''))) + 1)), '>'))) IN (?, ?))
+                """, [first, last])
+        }
+        arguments += [filter.limit]
+        guard !conditions.isEmpty else { return ("SELECT * FROM messages ORDER BY id DESC LIMIT ?", arguments) }
+        // The ids first: where an index (a tenant's) gives the rows out of order, what is sorted
+        // is ids, not whole rows with their bodies.
+        let sql = """
+            SELECT * FROM messages WHERE id IN (
+                SELECT id FROM messages WHERE \(conditions.joined(separator: " AND ")) ORDER BY id DESC LIMIT ?)
+            ORDER BY id DESC
+            """
+        return (sql, arguments)
     }
 
     public func message(id: Int64) throws -> (MessageRecord, [AttemptRecord], [AttachmentRecord])? {

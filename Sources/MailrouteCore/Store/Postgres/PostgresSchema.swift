@@ -20,6 +20,7 @@ enum PostgresSchema {
 
     static let migrations: [(name: String, sql: String)] = [
         ("v1-schema", v1),
+        ("v2-message-trace", v2),
     ]
 
     /// The end state of SQLite's v1…v5 in one step (there are no old PostgreSQL databases to
@@ -475,6 +476,12 @@ enum PostgresSchema {
         CREATE CONSTRAINT TRIGGER messages_wake_daemons AFTER INSERT ON messages
             DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION messages_wake_daemons();
         """#
+
+    /// SQLite's v6: the message trace's time bound. Every new row version is entered in it
+    /// (status changes already rule out HOT updates, through messages_tenant).
+    static let v2 = """
+        CREATE INDEX messages_created ON messages (created_at);
+        """
 }
 
 extension PostgresSchema {

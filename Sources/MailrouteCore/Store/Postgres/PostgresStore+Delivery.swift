@@ -462,12 +462,34 @@ extension PostgresStore {
         return counts
     }
 
-    public func messages(status: MessageStatus?, tenant: String?, limit: Int) async throws -> [MessageRecord] {
+    /// The message trace (`MessageFilter`), newest first, as on SQLite (`QueueStore.messages`).
+    /// One statement whatever is given: an unnamed statement is planned with its values, so
+    /// each `$n IS NULL OR …` that does not apply folds away before the plan is chosen.
+    public func messages(_ filter: MessageFilter) async throws -> [MessageRecord] {
+        let status = filter.status?.rawValue, route = filter.route?.rawValue, tenant = filter.tenant
+        let configTenant = filter.config?.tenant, configName = filter.config?.name, configLabel = filter.config?.description
+        let domains = filter.recipientDomainForms
+        let domain = domains.first, alsoDomain = domains.last
+        // The config and domain conditions as SQLite words them (routing never leaves the
+        // tenant; the text after an element's last @, without the closing > of `Name <a@x.com>`).
         let rows = try await query(
             """
             SELECT \(unescaped: Self.messageColumns) FROM messages
-            WHERE (\(status?.rawValue)::text IS NULL OR status = \(status?.rawValue)) AND (\(tenant)::text IS NULL OR tenant = \(tenant))
-            ORDER BY id DESC LIMIT \(limit)
+            WHERE (\(tenant)::text IS NULL OR tenant = \(tenant))
+              AND (\(status)::text IS NULL OR status = \(status))
+              AND (\(route)::text IS NULL OR route = \(route))
+              AND (\(filter.since)::double precision IS NULL OR created_at >= \(filter.since))
+              AND (\(configLabel)::text IS NULL
+                   OR tenant = \(configTenant)
+                      AND (config_id IN (SELECT id FROM smtp_configs WHERE tenant = \(configTenant) AND name = \(configName))
+                           OR EXISTS (SELECT 1 FROM attempts WHERE attempts.message_id = messages.id
+                                                               AND attempts.config_label = \(configLabel))))
+              AND (\(domain)::text IS NULL
+                   OR EXISTS (SELECT 1 FROM (SELECT json_array_elements_text(messages.rcpt_to::json) AS v
+                                             UNION ALL SELECT json_array_elements_text(messages.cc::json)
+                                             UNION ALL SELECT json_array_elements_text(messages.bcc::json)) AS recipients
+                              WHERE lower(btrim(rtrim(btrim(substring(v FROM '@([^@]*)$')), '>'))) IN (\(domain), \(alsoDomain))))
+            ORDER BY id DESC LIMIT \(filter.limit)
             """)
         return try await Self.all(rows, Self.message)
     }

@@ -83,22 +83,54 @@ struct QueueCommand: ParsableCommand {
 }
 
 struct QueueList: CtlCommand {
-    static let configuration = CommandConfiguration(commandName: "list", abstract: "List messages, newest first.")
-    @OptionGroup var global: GlobalOptions
-    @Option(help: "Only this status.") var status: MessageStatus?
+    static let configuration = CommandConfiguration(
+        commandName: "list", abstract: "List messages, newest first: the message trace.",
+        discussion: """
+            Every option given must hold. Which mail did acme/main's outage send through the relay, and where is it now:
+
+                mailroutectl queue list --config acme/main --route fallback --since 2h
+
+            --config T/N is mail routed to that configuration or tried through it, so mail sent straight to the relay \
+            while it was down is in. --since takes \(MessageFilter.sinceForms).
+
+            Here --config names a configuration, as in `route set`: the config file goes before the subcommand \
+            (mailroutectl --config FILE queue list …) or as --config-file FILE.
+            """)
+    @OptionGroup var global: GlobalOptionsWithoutConfig
+    @Option(help: "Only this status (\(MessageStatus.allCases.map(\.rawValue).joined(separator: ", "))).") var status: String?
     @Option(help: "Only this tenant's.") var tenant: String?
-    @Option(help: "At most this many.") var limit = 100
+    @Option(name: .customLong("config"), help: ArgumentHelp(
+        "Only mail of this configuration: routed to it, or tried through it.", valueName: "tenant/name"))
+    var configuration: String?
+    @Option(help: "Only this route (\(RouteStep.allCases.map(\.rawValue).joined(separator: ", "))).") var route: String?
+    @Option(help: "Only mail created at or after this time: Unix seconds, ISO 8601, or a time ago (-3600, 90s, 30m, 1h, 2d).")
+    var since: String?
+    @Option(help: "Only mail with a recipient (to, cc or bcc) at this domain, exactly (not its subdomains).") var domain: String?
+    @Option(help: "At most this many (\(MessageFilter.limits.lowerBound)-\(MessageFilter.limits.upperBound)).")
+    var limit = "\(MessageFilter.defaultLimit)"
 
     func execute() async throws {
+        let filter: MessageFilter
+        do {
+            filter = try MessageFilter(
+                tenant: tenant, status: status, config: configuration, route: route, since: since, domain: domain, limit: limit)
+        } catch MailrouteError.invalid(let field, let reason) {
+            // The parser names the API's field; here it is the option the operator typed.
+            throw MailrouteError.invalid(field: "--\(field)", reason: reason)
+        }
         try await global.context.withService { service in
-            let rows = try await service.store.messages(MessageFilter(tenant: tenant, status: status, limit: limit))
+            let rows = try await service.store.messages(filter)
             if global.context.json { return try Output.json(rows.map(MessageView.init)) }
+            // The configuration the message is for: beside ROUTE `fallback`, whose server it
+            // went around. A deleted one's mail shows `-` (its attempts keep the name).
+            let labels = Dictionary(uniqueKeysWithValues: try await service.store.configs().compactMap { c in c.id.map { ($0, c.label) } })
             Output.table(
-                ["ID", "STATUS", "TENANT", "CATEGORY", "PRIO", "TRIES", "ROUTE", "CREATED", "SUBJECT"],
+                ["ID", "STATUS", "TENANT", "CATEGORY", "PRIO", "TRIES", "CONFIG", "ROUTE", "CREATED", "SUBJECT"],
                 rows.map { m in
                     [
                         "\(m.id ?? 0)", m.status.rawValue, m.tenant ?? "-", m.category, m.priority.map(String.init) ?? "-",
-                        "\(m.attempts)", m.route?.rawValue ?? "-", formatTime(m.createdAt), String(m.subject.prefix(40)),
+                        "\(m.attempts)", m.configId.flatMap { labels[$0] } ?? "-", m.route?.rawValue ?? "-", formatTime(m.createdAt),
+                        String(m.subject.prefix(40)),
                     ]
                 })
         }

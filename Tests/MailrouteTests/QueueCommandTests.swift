@@ -130,4 +130,54 @@ import Testing
         #expect(try env.ctl("queue", "retry").status != 0, "an id or --failed")
         #expect(try env.ctl("queue", "show", "999").stderr.contains("message 999 not found"))
     }
+
+    /// Issue 13's trace: which mail did a tenant's broken server affect, and where did it go,
+    /// in one command: the mail that tripped it and the mail sent straight to the relay while
+    /// it was down, and nothing else.
+    @Test(arguments: Backend.allCases) func aBrokenServersMailIsTracedToTheRelay(_ backend: Backend) throws {
+        let relay = try SMTPTestServer()
+        let server = try SMTPTestServer()
+        let env = try CtlEnvironment(
+            backend: backend, platformPort: relay.port, delivery: ["retry_initial_s = 60", "cooldown_s = 600", "connect_timeout_s = 2"])
+        #expect(try env.addConfig(name: "main", port: server.port).status == 0)
+        #expect(try env.addConfig(name: "broken", port: closedPort()).status == 0)
+        #expect(try env.ctl("route", "set", "--tenant", "acme", "--advertiser", "adv-b", "--config", "broken").status == 0)
+        let daemon = DaemonProcess(env: env)
+        try daemon.start()
+        let tripped = try daemon.enqueue(to: ["a@brand.example"], subject: "trips it", advertiser: "adv-b")
+        try daemon.waitFor(tripped, .sent)
+        let whileDown = try daemon.enqueue(to: ["b@other.example"], subject: "while down", advertiser: "adv-b")
+        let fine = try daemon.enqueue(to: ["c@brand.example"], subject: "through main")
+        let platform = try daemon.enqueue(tenant: nil, to: ["d@brand.example"], subject: "platform mail")
+        for id in [whileDown, fine, platform] { try daemon.waitFor(id, .sent) }
+
+        func ids(_ arguments: String...) throws -> [Int64] {
+            try env.jsonArray(["queue", "list"] + arguments).map { Int64($0["id"] as! Int) }
+        }
+        #expect(try ids("--config", "acme/broken", "--route", "fallback") == [whileDown, tripped])
+        #expect(try ids("--config", "acme/broken") == [whileDown, tripped], "all of its mail went to the relay")
+        #expect(try ids("--config", "acme/main") == [fine])
+        #expect(try ids("--route", "fallback", "--since", "1h") == [whileDown, tripped])
+        #expect(try ids("--route", "platform") == [platform])
+        #expect(try ids("--domain", "brand.example") == [platform, fine, tripped])
+        #expect(try ids("--domain", "brand.example", "--tenant", "acme", "--limit", "1") == [fine])
+        #expect(try ids("--since", "2100-01-01T00:00:00Z").isEmpty)
+        let traced = try env.jsonArray("queue", "list", "--config", "acme/broken", "--route", "fallback")
+        #expect(traced.allSatisfy { $0["status"] as? String == "sent" && $0["route"] as? String == "fallback" })
+        #expect(Set(traced[0].keys) == Set(try env.jsonArray("queue", "list")[0].keys), "the same objects as ever")
+
+        let table = try env.ctl("queue", "list", "--config", "acme/broken", "--route", "fallback")
+        #expect(table.status == 0, "\(table.output)")
+        #expect(table.stdout.contains("while down") && table.stdout.contains("trips it") && !table.stdout.contains("through main"))
+        let row = try #require(table.stdout.split(separator: "\n").first { $0.contains("while down") })
+        #expect(row.contains("acme/broken") && row.contains("fallback"), "the configuration it was for, and the route it took")
+
+        // One line naming the option, as every command's errors.
+        for (option, value) in [("--config", "acme"), ("--route", "nowhere"), ("--since", "yesterday"), ("--domain", "x"),
+                                ("--limit", "0"), ("--status", "gone")] {
+            let bad = try env.ctl("queue", "list", option, value)
+            #expect(bad.status != 0)
+            #expect(bad.stderr.hasPrefix("mailroutectl: \(option): "), "\(bad.stderr)")
+        }
+    }
 }

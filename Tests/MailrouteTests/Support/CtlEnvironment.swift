@@ -131,7 +131,9 @@ struct CtlEnvironment {
         return object
     }
 
-    func jsonArray(_ arguments: String...) throws -> [[String: Any]] {
+    func jsonArray(_ arguments: String...) throws -> [[String: Any]] { try jsonArray(arguments) }
+
+    func jsonArray(_ arguments: [String]) throws -> [[String: Any]] {
         let result = try ctl(arguments + ["--json"])
         guard let array = try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [[String: Any]] else {
             throw CtlError.notJSON(result.output)

@@ -165,6 +165,30 @@ import Testing
         }
     }
 
+    /// GET /v1/messages takes the trace's filters (MessageFilter, as `queue list`): each narrows
+    /// the list, and a bad one is a 400 naming the parameter.
+    @Test func theMessageTraceFilters() async throws {
+        try await withClient { client in
+            for (tenant, to) in [("acme", "ann@x.test"), ("acme", "bob@y.test"), ("zeta", "cy@x.test")] {
+                let reply = try await call(client, .post, "/v1/messages", #"{"tenant":"\#(tenant)","category":"report","rcpt_to":["\#(to)"],"subject":"s","text_body":"t"}"#)
+                #expect(reply.status == .created)
+            }
+            func ids(_ query: String) async throws -> Int? { (try await call(client, .get, "/v1/messages?\(query)").json as? [Any])?.count }
+            #expect(try await ids("") == 3)
+            #expect(try await ids("tenant=acme") == 2)
+            #expect(try await ids("domain=x.test") == 2)
+            #expect(try await ids("tenant=acme&domain=X.TEST") == 1)
+            #expect(try await ids("since=1h&limit=2") == 2)
+            #expect(try await ids("status=sent") == 0)
+            #expect(try await ids("route=fallback") == 0)
+            for (query, field) in [("since=yesterday", "since"), ("config=acme", "config"), ("route=sideways", "route"), ("limit=0", "limit"), ("status=lost", "status")] {
+                let reply = try await call(client, .get, "/v1/messages?\(query)")
+                #expect(reply.status == .badRequest, "\(query): \(reply.text)")
+                #expect(reply.error["field"] as? String == field, "\(query): \(reply.text)")
+            }
+        }
+    }
+
     @Test func thePasswordIsWriteOnly() async throws {
         let password = "s3cret-horse-battery"
         try await withClient { client in

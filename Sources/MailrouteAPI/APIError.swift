@@ -2,6 +2,7 @@ import Foundation
 import GRDB
 import Hummingbird
 import MailrouteCore
+import NIOCore
 import PostgresNIO
 
 /// Every refusal the API sends: `{"error": {"code", "message", "field"?}}` (SPEC §9), with
@@ -60,6 +61,8 @@ struct APIError: Error, HTTPResponseError {
             }
         case let error as DuplicateMessage:
             return APIError(status: .conflict, code: "duplicate", message: error.description, existingID: error.id)
+        case let error as BlockingWork.Busy:
+            return APIError(status: .serviceUnavailable, code: "busy", message: error.description)
         case let error as SecretError:
             // The daemon's own setup (its key), not the request: the operator's sentence says what to fix.
             return APIError(status: .serviceUnavailable, code: "no_key", message: error.description)
@@ -67,11 +70,12 @@ struct APIError: Error, HTTPResponseError {
             // Full, locked or unreachable: the same request may succeed in a moment.
             return APIError(status: .serviceUnavailable, code: "unavailable", message: DatabaseFault(error).headline + "; try again")
         case let error as HTTPError where error.status == .contentTooLarge:
-            return APIError(status: .contentTooLarge, code: "too_large", message: "the request body is over the limit ([api] max_body_bytes)")
+            return tooLarge
+        case is NIOTooManyBytesError:
+            // A chunked body has no Content-Length to refuse up front: collecting it stops at the limit.
+            return tooLarge
         case let error as DatabaseError where error.resultCode == .SQLITE_CONSTRAINT:
-            // SQLite's sentence names the column: "CHECK constraint failed: rcpt_to must be …".
-            let sentence = (error.message ?? "").replacingOccurrences(of: "CHECK constraint failed: ", with: "")
-            return refused(firstWord(sentence), sentence)
+            return sqliteRefusal(error)
         case let error as PostgresStore.Failure:
             guard let state = error.sqlState, state.hasPrefix("23") || state == "P0001" else { return nil }
             return refused(error.column ?? firstWord(error.description), error.description)
@@ -83,6 +87,28 @@ struct APIError: Error, HTTPResponseError {
         default:
             return nil
         }
+    }
+
+    static let tooLarge = APIError(status: .contentTooLarge, code: "too_large", message: "the request body is over the limit ([api] max_body_bytes)")
+
+    /// SQLite's constraint sentences: a CHECK's and the schema's triggers' name the column
+    /// ("CHECK constraint failed: rcpt_to must be …"), NOT NULL's name table.column; a UNIQUE
+    /// one is something that exists already. Anything else is not the client's to fix.
+    private static func sqliteRefusal(_ error: DatabaseError) -> APIError? {
+        let message = error.message ?? ""
+        if message.hasPrefix("CHECK constraint failed: ") {
+            let sentence = String(message.dropFirst("CHECK constraint failed: ".count))
+            return refused(firstWord(sentence), sentence)
+        }
+        if message.hasPrefix("NOT NULL constraint failed: ") {
+            let column = message.split(separator: ".").last.map(String.init) ?? "body"
+            return .invalid(column, "is required")
+        }
+        if message.hasPrefix("UNIQUE constraint failed: ") {
+            return APIError(status: .conflict, code: "conflict", message: "that exists already (\(message.dropFirst("UNIQUE constraint failed: ".count)))")
+        }
+        if error.extendedResultCode == .SQLITE_CONSTRAINT_TRIGGER { return refused(firstWord(message), message) }
+        return nil
     }
 
     /// A database's refusal: its sentence already starts with the column's name.

@@ -29,8 +29,12 @@ struct ErrorMiddleware<Context: RequestContext>: RouterMiddleware {
 /// `Authorization: Bearer TOKEN`; anything else gets 401 and no hint which part was wrong.
 struct BearerAuthMiddleware<Context: RequestContext>: RouterMiddleware {
     let tokens: APITokens
+    /// Which paths need the token. Checked here, on the router, before any route matches: a
+    /// path that does not exist under /v1 is 401 too, so a prober learns nothing of the API.
+    let protects: @Sendable (String) -> Bool
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        guard protects(request.uri.path) else { return try await next(request, context) }
         guard let header = request.headers[.authorization], header.count > 7,
             header.prefix(7).lowercased() == "bearer ", tokens.accepts(header.dropFirst(7))
         else { throw APIError.unauthorized }

@@ -42,8 +42,10 @@ import Testing
             try daemon.start()
             var port: String?
             _ = waitUntil(timeout: 15) {
-                port = daemon.log().firstMatch(of: /api listening .*address=127\.0\.0\.1:(\d+)/).map { String($0.1) }
-                return port != nil || daemon.log().contains("api listening")
+                // One read per look: the line may land between two.
+                let log = daemon.log()
+                port = log.firstMatch(of: /api listening .*address=127\.0\.0\.1:(\d+)/).map { String($0.1) }
+                return port != nil || log.contains("api listening")
             }
             if let port { base = "http://127.0.0.1:\(port)" }
         }
@@ -58,9 +60,11 @@ import Testing
 
         /// `curl` with the token (unless `token` is nil): the status and the JSON body.
         func curl(
-            _ method: String, _ path: String, _ body: String? = nil, token: String? = APIDaemonTests.token, socket: String? = nil
+            _ method: String, _ path: String, _ body: String? = nil, token: String? = APIDaemonTests.token, socket: String? = nil,
+            headers: [String] = []
         ) throws -> (status: Int, json: Any?, text: String) {
             var arguments = ["-sS", "-X", method, "-o", "-", "-w", "\n%{http_code}", "--max-time", "30"]
+            for header in headers { arguments += ["-H", header] }
             if let token { arguments += ["-H", "Authorization: Bearer \(token)"] }
             if let body { arguments += ["-H", "Content-Type: application/json", "--data-binary", body] }
             if let socket { arguments += ["--unix-socket", socket] }
@@ -136,6 +140,11 @@ import Testing
                 #expect(error?["code"] is String && error?["message"] is String, "\(method) \(path): \(reply.text.prefix(300))")
             }
         }
+        // A chunked body has no Content-Length to refuse up front: still 413, nothing queued.
+        let chunked = try api.curl(
+            "POST", "/v1/messages", "{\"category\":\"report\",\"rcpt_to\":[\"b@example.test\"],\"subject\":\"s\",\"text_body\":\"\(String(repeating: "y", count: 70_000))\"}",
+            headers: ["Transfer-Encoding: chunked"])
+        #expect(chunked.status == 413, "\(chunked.text)")
         #expect(try api.curl("GET", "/v1/stats", token: nil).status == 401)
         #expect(try api.curl("GET", "/v1/stats", token: "not-the-token-0123456789").status == 401)
     }
@@ -297,6 +306,9 @@ import Testing
         #expect(waitUntil { server.events().contains("connect") })
         let before = Date()
         api.daemon.signal(SIGTERM)
+        // Intake stops at once: a new connection is refused while the test email is still out.
+        #expect(waitUntil { (try? api.curl("GET", "/v1/stats").status) == 0 }, "the listener closed")
+        #expect(reply == nil, "the request in flight is still running")
         #expect(done.wait(timeout: .now() + 30) == .success)
         #expect(reply?.status == 200, "\(reply?.text ?? "no reply")")
         #expect((reply?.json as? [String: Any])?["ok"] as? Bool == true, "\(reply?.text ?? "")")

@@ -69,6 +69,10 @@ import Testing
             let basic = try await client.execute(uri: "/v1/stats", method: .get, headers: headers) { $0.status }
             #expect(basic == .unauthorized)
             #expect(try await call(client, .get, "/v1/stats").status == .ok)
+            // A path that does not exist under /v1 says nothing either, until the token is right.
+            #expect(try await call(client, .get, "/v1/nope", token: nil).status == .unauthorized)
+            #expect(try await call(client, .delete, "/v1/stats", token: nil).status == .unauthorized)
+            #expect(try await call(client, .get, "/v1/nope").status == .notFound)
             // The document and the metrics need none (metrics_auth is off).
             #expect(try await call(client, .get, "/openapi.json", token: nil).status == .ok)
             #expect(try await call(client, .get, "/metrics", token: nil).status == .ok)

@@ -151,9 +151,13 @@ import Testing
             let ids = try await e.enqueue(6)
             let transport = e.transport
             try await e.running(metrics: metrics) {
-                let deadline = Date().addingTimeInterval(10)
-                while transport.holding < 1 && Date() < deadline { try await Task.sleep(for: .milliseconds(5)) }
-                let held = await Scrape.of(metrics)
+                // Bounded, and generous: under a full suite on two cores the claim can take seconds.
+                let deadline = Date().addingTimeInterval(30)
+                var held = await Scrape.of(metrics)
+                while (transport.holding < 1 || held[#"mailroute_connections_busy{config="acme/main"}"#] != 1) && Date() < deadline {
+                    try await Task.sleep(for: .milliseconds(20))
+                    held = await Scrape.of(metrics)
+                }
                 #expect(held[#"mailroute_connections_busy{config="acme/main"}"#] == 1, "\(held.text)")
                 #expect(held[#"mailroute_connections_open{config="acme/main"}"#] == 1)
                 #expect(try await e.until(15) { e in try await e.rows(ids).filter { $0.status == .expired }.count >= 3 })

@@ -33,7 +33,7 @@ public struct ConfigurationService: Sendable {
         var record = SMTPConfigRecord(tenant: tenant, name: name, host: host, fromAddress: from)
         let box = input.password?.isEmpty == false ? try await secretBox() : nil
         try input.apply(to: &record, seal: { try box!.seal($0) })
-        try checkHost(record.host)
+        try await checkHost(record.host)
         return try await store.insertConfig(record)
     }
 
@@ -41,14 +41,16 @@ public struct ConfigurationService: Sendable {
         var record = try await existing(ref)
         let box = input.password?.isEmpty == false ? try await secretBox() : nil
         try input.apply(to: &record, seal: { try box!.seal($0) })
-        if input.host != nil { try checkHost(record.host) }
+        if input.host != nil { try await checkHost(record.host) }
         return try await store.updateConfig(record)
     }
 
     /// SPEC §4 "Tenant-supplied hosts", early: a clear error at `add`/`edit` for a host that is,
     /// or resolves now to, an inward address. Delivery checks again at every connection.
-    private func checkHost(_ host: String) throws {
-        if let reason = settings.delivery.networkPolicy.refusal(ofHost: host) {
+    private func checkHost(_ host: String) async throws {
+        // A name is looked up: the resolver may take seconds, so not on the cooperative pool.
+        let policy = settings.delivery.networkPolicy
+        if let reason = try await BlockingWork.run("resolve \(host)", { policy.refusal(ofHost: host) }) {
             throw MailrouteError.invalid(field: "--host", reason: reason)
         }
     }
@@ -71,7 +73,7 @@ public struct ConfigurationService: Sendable {
     public func verify(_ ref: ConfigRef) async throws -> VerificationResult {
         let record = try await existing(ref)
         let endpoint = try await endpoint(for: record)
-        let result = await BlockingWork.run("verify \(record.label)") { SMTPConnection(endpoint: endpoint).verify() }
+        let result = try await BlockingWork.run("verify \(record.label)") { SMTPConnection(endpoint: endpoint).verify() }
         return try await recordOutcome(result.map { _ in nil }, for: record)
     }
 
@@ -101,7 +103,7 @@ public struct ConfigurationService: Sendable {
         let pool = CurlMultiPool(
             name: record.label, endpoint: endpoint,
             limits: PoolLimits(maxConnections: 1, maxMessagesPerConnection: 1, idleTimeout: 0), engine: .shared)
-        let completion = await BlockingWork.run("test \(record.label)") { [bytes] in
+        let completion = try await BlockingWork.run("test \(record.label)") { [bytes] in
             let completion = pool.sendAndWait(from: record.fromAddress, to: [to.address], data: bytes)
             _ = pool.closeAndWait(timeout: min(5, endpoint.commandTimeoutSeconds))
             return completion

@@ -156,7 +156,7 @@ public struct QueueService: Sendable {
         let count = try await store.retry(ids: [id], onlyFailed: false, deadline: retryDeadline())
         if count == 0 {
             try await mustExist(id)
-            throw MailrouteError.conflict("message \(id) does not exist or is not failed, expired, cancelled or deferred")
+            throw MailrouteError.conflict("message \(id) is not failed, expired, cancelled or deferred")
         }
     }
 
@@ -172,7 +172,7 @@ public struct QueueService: Sendable {
     public func cancel(id: Int64) async throws {
         guard try await store.cancel(id: id) else {
             try await mustExist(id)
-            throw MailrouteError.conflict("message \(id) does not exist or is no longer queued or deferred")
+            throw MailrouteError.conflict("message \(id) is no longer queued or deferred")
         }
     }
 

@@ -27,8 +27,7 @@ struct MessagesAPI {
             let filter = try MessageFilter(
                 tenant: text("tenant"), status: text("status"), config: text("config"), route: text("route"), since: text("since"),
                 domain: text("domain"), limit: text("limit"))
-            let rows = try await queue.store.messages(filter)
-            return try JSONResponse.make(rows.map(MessageView.init))
+            return try JSONResponse.make(try await queue.messages(filter))
         }
         group.get("messages/{id}") { _, context in
             try JSONResponse.make(try await queue.message(id: try id(context)))

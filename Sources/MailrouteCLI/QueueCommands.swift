@@ -119,11 +119,11 @@ struct QueueList: CtlCommand {
             throw MailrouteError.invalid(field: "--\(field)", reason: reason)
         }
         try await global.context.withService { service in
+            if global.context.json { return try Output.json(try await service.queue.messages(filter)) }
             let rows = try await service.store.messages(filter)
-            if global.context.json { return try Output.json(rows.map(MessageView.init)) }
             // The configuration the message is for: beside ROUTE `fallback`, whose server it
             // went around. A deleted one's mail shows `-` (its attempts keep the name).
-            let labels = Dictionary(uniqueKeysWithValues: try await service.store.configs().compactMap { c in c.id.map { ($0, c.label) } })
+            let labels = try await service.queue.configLabels()
             Output.table(
                 ["ID", "STATUS", "TENANT", "CATEGORY", "PRIO", "TRIES", "CONFIG", "ROUTE", "CREATED", "SUBJECT"],
                 rows.map { m in

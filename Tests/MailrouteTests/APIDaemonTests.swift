@@ -215,6 +215,10 @@ import Testing
         let log = try #require(shown["attempt_log"] as? [[String: Any]])
         #expect(log.last?["outcome"] as? String == "sent")
         #expect(log.last?["config"] as? String == "acme/main")
+        #expect(shown["config"] as? String == "acme/main", "the message names its configuration")
+        let listed = try #require(try api.curl("GET", "/v1/messages?config=acme/main").json as? [[String: Any]])
+        #expect(listed.map { $0["id"] as? Int } == [id])
+        #expect(listed.first?["config"] as? String == "acme/main")
     }
 
     /// `GET /metrics` (no token: metrics_auth is off) moves with the queue: after one delivery

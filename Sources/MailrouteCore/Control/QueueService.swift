@@ -140,12 +140,29 @@ public struct QueueService: Sendable {
         }
     }
 
+    /// The message trace (`queue list --json`, `GET /v1/messages`), newest first.
+    public func messages(_ filter: MessageFilter) async throws -> [MessageView] {
+        let rows = try await store.messages(filter)
+        let labels = try await configLabels()
+        return rows.map { row in
+            var view = MessageView(row)
+            view.config = row.configId.flatMap { labels[$0] }
+            return view
+        }
+    }
+
+    /// Configuration ids and their `tenant/name`, to name the configuration rows refer to.
+    public func configLabels() async throws -> [Int64: String] {
+        Dictionary(uniqueKeysWithValues: try await store.configs().compactMap { c in c.id.map { ($0, c.label) } })
+    }
+
     /// One message with its attempt log and attachments (`queue show`, `GET /v1/messages/{id}`).
     public func message(id: Int64) async throws -> MessageView {
         guard let (message, attempts, attachments) = try await store.message(id: id) else {
             throw MailrouteError.notFound("message \(id)")
         }
         var view = MessageView(message)
+        if let configID = message.configId { view.config = try await store.config(id: configID)?.label }
         view.attemptLog = attempts.map(AttemptView.init)
         view.attachments = attachments.map(AttachmentView.init)
         return view

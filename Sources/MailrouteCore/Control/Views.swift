@@ -196,6 +196,10 @@ public struct MessageView: Encodable, Sendable {
     @Nullable public var headers: [String: String]?
     @Nullable public var idempotencyKey: String?
     @Nullable public var route: String?
+    /// The configuration the message is for (`tenant/name`): beside `route` `fallback`, whose
+    /// server it went around. nil for platform mail, before routing, and once that
+    /// configuration is deleted (its attempts keep the name).
+    @Nullable public var config: String?
     public var attempts: Int
     @Nullable public var sendAt: Double?
     @Nullable public var nextAttemptAt: Double?

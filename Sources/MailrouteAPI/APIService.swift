@@ -12,14 +12,17 @@ public typealias MetricsExposition = @Sendable () async -> [UInt8]
 /// queue is open, and on SIGTERM stops taking connections and finishes the requests in flight
 /// (Hummingbird's server under the group's graceful shutdown).
 public struct APIService: Service {
+    /// Listen address, tokens and limits as at start; the rest read per request, as reloaded.
     let settings: MailrouteConfiguration
+    let live: CurrentSettings
     let store: any QueueBackend
     let tokens: APITokens
     let metrics: MetricsExposition?
     let logger: Logger
 
-    public init(settings: MailrouteConfiguration, store: any QueueBackend, tokens: APITokens, metrics: MetricsExposition?, logger: Logger) {
-        self.settings = settings
+    public init(settings live: CurrentSettings, store: any QueueBackend, tokens: APITokens, metrics: MetricsExposition?, logger: Logger) {
+        self.settings = live.value
+        self.live = live
         self.store = store
         self.tokens = tokens
         self.metrics = metrics
@@ -28,7 +31,7 @@ public struct APIService: Service {
 
     /// Every route of the API; also what the tests and the OpenAPI drift check look at.
     public func router() -> Hummingbird.Router<BasicRequestContext> {
-        let service = ConfigurationService(settings: settings, store: store)
+        let service: @Sendable () -> ConfigurationService = { [live, store] in ConfigurationService(settings: live.value, store: store) }
         let limit = settings.api.maxBodyBytes
         let router = Hummingbird.Router(context: BasicRequestContext.self)
         router.add(middleware: ErrorMiddleware(logger: logger))
@@ -50,7 +53,7 @@ public struct APIService: Service {
         let v1 = router.group("v1")
         ConfigurationsAPI(service: service, bodyLimit: limit).register(on: v1)
         RoutesAPI(service: service, bodyLimit: limit).register(on: v1)
-        MessagesAPI(queue: service.queue, bodyLimit: limit).register(on: v1)
+        MessagesAPI(queue: { service().queue }, bodyLimit: limit).register(on: v1)
         return router
     }
 

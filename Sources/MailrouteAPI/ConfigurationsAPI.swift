@@ -71,49 +71,50 @@ struct TestBody: Decodable {
 
 /// `/v1/configurations`: SPEC §2's rules through `ConfigurationService`, as `mailroutectl config`.
 struct ConfigurationsAPI {
-    let service: ConfigurationService
+    /// Built per request over the settings as last reloaded.
+    let service: @Sendable () -> ConfigurationService
     let bodyLimit: Int
 
     func register(on group: RouterGroup<BasicRequestContext>) {
         group.get("configurations") { request, _ in
             try APIInput.onlyQuery(request, ["tenant"])
-            return try JSONResponse.make(try await service.views(tenant: APIInput.query(request, "tenant")))
+            return try JSONResponse.make(try await service().views(tenant: APIInput.query(request, "tenant")))
         }
         group.post("configurations") { request, _ in
             let body = try await APIInput.decode(ConfigBody.self, from: request, limit: bodyLimit, keys: ConfigBody.keys)
             try body.check()
             guard let tenant = body.tenant else { throw APIError.invalid("tenant", "is required") }
-            let record = try await service.add(tenant: tenant, input: body.input)
-            return try JSONResponse.make(service.view(of: record), status: .created)
+            let record = try await service().add(tenant: tenant, input: body.input)
+            return try JSONResponse.make(service().view(of: record), status: .created)
         }
         group.get("configurations/{tenant}/{name}") { _, context in
-            try JSONResponse.make(service.view(of: try await service.existing(ref(context))))
+            try JSONResponse.make(service().view(of: try await service().existing(ref(context))))
         }
         group.patch("configurations/{tenant}/{name}") { request, context in
             var keys = ConfigBody.keys
             keys.remove("tenant")
             let body = try await APIInput.decode(ConfigBody.self, from: request, limit: bodyLimit, keys: keys)
             try body.check()
-            let record = try await service.edit(try ref(context), input: body.input)
-            return try JSONResponse.make(service.view(of: record))
+            let record = try await service().edit(try ref(context), input: body.input)
+            return try JSONResponse.make(service().view(of: record))
         }
         group.delete("configurations/{tenant}/{name}") { _, context in
             let config = try ref(context)
-            let routes = try await service.delete(config)
+            let routes = try await service().delete(config)
             return try JSONResponse.object(["deleted": config.description, "routes_removed": routes])
         }
         group.post("configurations/{tenant}/{name}/verify") { _, context in
-            try JSONResponse.make(VerificationView(try await service.verify(try ref(context))))
+            try JSONResponse.make(VerificationView(try await service().verify(try ref(context))))
         }
         group.post("configurations/{tenant}/{name}/test") { request, context in
             let body = try await APIInput.decode(TestBody.self, from: request, limit: bodyLimit, keys: TestBody.keys)
             let config = try ref(context)
             _ = try Validate.address(body.to, field: "to")
-            return try JSONResponse.make(VerificationView(try await service.test(config, to: body.to)))
+            return try JSONResponse.make(VerificationView(try await service().test(config, to: body.to)))
         }
         group.post("configurations/{tenant}/{name}/default") { _, context in
             let config = try ref(context)
-            try await service.setDefault(config)
+            try await service().setDefault(config)
             return try JSONResponse.object(["default": config.description])
         }
         group.post("configurations/{tenant}/{name}/enable") { _, context in
@@ -126,7 +127,7 @@ struct ConfigurationsAPI {
 
     private func setEnabled(_ context: BasicRequestContext, _ enabled: Bool) async throws -> Response {
         let config = try ref(context)
-        try await service.setEnabled(config, enabled)
+        try await service().setEnabled(config, enabled)
         return try JSONResponse.object(["config": config.description, "enabled": enabled])
     }
 

@@ -12,13 +12,14 @@ extension MessageSubmission {
 
 /// `/v1/messages` and `/v1/stats`, as `mailroutectl enqueue` and `queue`.
 struct MessagesAPI {
-    let queue: QueueService
+    /// Built per request over the settings as last reloaded.
+    let queue: @Sendable () -> QueueService
     let bodyLimit: Int
 
     func register(on group: RouterGroup<BasicRequestContext>) {
         group.post("messages") { request, _ in
             let submission = try await APIInput.decode(MessageSubmission.self, from: request, limit: bodyLimit, keys: MessageSubmission.keys)
-            let id = try await queue.enqueue(submission)
+            let id = try await queue().enqueue(submission)
             return try JSONResponse.object(["id": id], status: .created)
         }
         group.get("messages") { request, _ in
@@ -27,23 +28,23 @@ struct MessagesAPI {
             let filter = try MessageFilter(
                 tenant: text("tenant"), status: text("status"), config: text("config"), route: text("route"), since: text("since"),
                 domain: text("domain"), limit: text("limit"))
-            return try JSONResponse.make(try await queue.messages(filter))
+            return try JSONResponse.make(try await queue().messages(filter))
         }
         group.get("messages/{id}") { _, context in
-            try JSONResponse.make(try await queue.message(id: try id(context)))
+            try JSONResponse.make(try await queue().message(id: try id(context)))
         }
         group.post("messages/{id}/retry") { _, context in
             let id = try id(context)
-            try await queue.retry(id: id)
+            try await queue().retry(id: id)
             return try JSONResponse.object(["requeued": 1])
         }
         group.post("messages/{id}/cancel") { _, context in
             let id = try id(context)
-            try await queue.cancel(id: id)
+            try await queue().cancel(id: id)
             return try JSONResponse.object(["cancelled": id])
         }
         group.get("stats") { _, _ in
-            try JSONResponse.make(try await queue.stats())
+            try JSONResponse.make(try await queue().stats())
         }
     }
 

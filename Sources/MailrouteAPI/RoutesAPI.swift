@@ -25,23 +25,24 @@ struct RouteBody: Decodable {
 
 /// `/v1/routes`, as `mailroutectl route`.
 struct RoutesAPI {
-    let service: ConfigurationService
+    /// Built per request over the settings as last reloaded.
+    let service: @Sendable () -> ConfigurationService
     let bodyLimit: Int
 
     func register(on group: RouterGroup<BasicRequestContext>) {
         group.get("routes") { request, _ in
             try APIInput.onlyQuery(request, ["tenant"])
-            return try JSONResponse.make(try await service.routeViews(tenant: APIInput.query(request, "tenant")))
+            return try JSONResponse.make(try await service().routeViews(tenant: APIInput.query(request, "tenant")))
         }
         group.put("routes") { request, _ in
             let body = try await APIInput.decode(RouteBody.self, from: request, limit: bodyLimit, keys: RouteBody.putKeys)
             let name = try body.configName()
-            let route = try await service.setRoute(tenant: body.tenant, kind: body.kind, key: body.key, configName: name)
+            let route = try await service().setRoute(tenant: body.tenant, kind: body.kind, key: body.key, configName: name)
             return try JSONResponse.make(RouteView(tenant: route.tenant, kind: body.kind.rawValue, key: route.key, config: "\(route.tenant)/\(name)"))
         }
         group.delete("routes") { request, _ in
             let body = try await APIInput.decode(RouteBody.self, from: request, limit: bodyLimit, keys: RouteBody.deleteKeys)
-            try await service.removeRoute(tenant: body.tenant, kind: body.kind, key: body.key)
+            try await service().removeRoute(tenant: body.tenant, kind: body.kind, key: body.key)
             return try JSONResponse.object(["removed": ["tenant": body.tenant, "kind": body.kind.rawValue, "key": body.key]])
         }
         group.get("routes/resolve") { request, _ in
@@ -49,8 +50,8 @@ struct RoutesAPI {
             let keys = RoutingKeys(
                 tenant: APIInput.query(request, "tenant"), advertiser: APIInput.query(request, "advertiser"),
                 cname: APIInput.query(request, "cname"), category: APIInput.query(request, "category"))
-            let resolution = try await service.resolve(keys)
-            return try JSONResponse.make(ResolutionView(resolution, keys: keys, platform: service.settings.platform))
+            let resolution = try await service().resolve(keys)
+            return try JSONResponse.make(ResolutionView(resolution, keys: keys, platform: service().settings.platform))
         }
     }
 }

@@ -35,7 +35,7 @@ public struct MailrouteDaemonCommand: AsyncParsableCommand {
     @Sendable static func api(_ parts: DaemonParts) throws -> [any Service] {
         guard parts.settings.api.listen != .off else { return [] }
         let tokens = try APITokens.load(parts.settings.api)
-        return [APIService(settings: parts.settings, store: parts.store, tokens: tokens, metrics: parts.metrics, logger: parts.logger)]
+        return [APIService(settings: parts.live, store: parts.store, tokens: tokens, metrics: parts.metrics, logger: parts.logger)]
     }
 
     public func run() async throws {

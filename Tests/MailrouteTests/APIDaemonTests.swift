@@ -265,6 +265,23 @@ import Testing
         }
     }
 
+    /// A SIGHUP that tightens `[delivery] allowed_networks` reaches the API at once, as it
+    /// reaches mailroutectl, which reads the file each time.
+    @Test func aReloadReachesTheAPI() throws {
+        let api = try APIDaemon()
+        try api.start()
+        let config = #"{"tenant":"acme","name":"NAME","host":"127.0.0.1","port":2526,"security":"none","from_address":"a@acme.test"}"#
+        #expect(try api.curl("POST", "/v1/configurations", config.replacingOccurrences(of: "NAME", with: "first")).status == 201)
+        let toml = try String(contentsOfFile: api.env.configPath, encoding: .utf8)
+        try toml.replacingOccurrences(of: #"allowed_networks = ["127.0.0.0/8", "::1/128"]"#, with: "allowed_networks = []")
+            .write(toFile: api.env.configPath, atomically: true, encoding: .utf8)
+        api.daemon.signal(SIGHUP)
+        #expect(waitUntil { api.daemon.log().contains("reloaded") })
+        let refused = try api.curl("POST", "/v1/configurations", config.replacingOccurrences(of: "NAME", with: "second"))
+        #expect(refused.status == 400, "\(refused.text)")
+        #expect(((refused.json as? [String: Any])?["error"] as? [String: Any])?["field"] as? String == "host")
+    }
+
     @Test func aUnixSocketTheProxyGroupCanReach() throws {
         let socket = Paths.temporaryDirectory("api-sock").appendingPathComponent("api.sock").path
         let api = try APIDaemon(listen: "unix:\(socket)")

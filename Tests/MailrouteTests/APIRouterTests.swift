@@ -30,7 +30,7 @@ import Testing
 
     func withClient(_ body: @escaping @Sendable (any TestClientProtocol) async throws -> Void) async throws {
         let service = APIService(
-            settings: settings, store: store, tokens: APITokens([Self.token]), metrics: { Array("mailroute_up 1\n".utf8) },
+            settings: CurrentSettings(settings), store: store, tokens: APITokens([Self.token]), metrics: { Array("mailroute_up 1\n".utf8) },
             logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }))
         try await Application(router: service.router()).test(.router) { client in try await body(client) }
     }
@@ -238,7 +238,7 @@ import Testing
             for method in ["get", "put", "post", "patch", "delete"] where item[method] != nil { documented.insert("\(method.uppercased()) \(path)") }
         }
         let service = APIService(
-            settings: settings, store: store, tokens: APITokens([Self.token]), metrics: nil,
+            settings: CurrentSettings(settings), store: store, tokens: APITokens([Self.token]), metrics: nil,
             logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }))
         let routed = Set(service.router().routes.map { "\($0.method.rawValue) \($0.path.description)" })
         #expect(routed == documented, "routed but not documented: \(routed.subtracting(documented).sorted()); documented but not routed: \(documented.subtracting(routed).sorted())")

@@ -6,7 +6,9 @@ import ServiceLifecycle
 
 /// What a service outside Core (the HTTP API) is built from, once the queue is open.
 public struct DaemonParts: Sendable {
+    /// At start; `live` follows SIGHUP reloads.
     public let settings: MailrouteConfiguration
+    public let live: CurrentSettings
     public let store: any QueueBackend
     /// `GET /metrics`'s body.
     public let metrics: (@Sendable () async -> [UInt8])?
@@ -57,7 +59,9 @@ public struct MailrouteDaemon: Sendable {
         let dispatcher = try Dispatcher(
             settings: settings, store: store, secrets: secrets, logger: logger, notifier: notifier, transport: CurlMultiTransport(),
             metrics: metrics)
-        let more = try services(DaemonParts(settings: settings, store: store, metrics: { await metrics.exposition() }, logger: logger))
+        let live = CurrentSettings(settings)
+        let more = try services(
+            DaemonParts(settings: settings, live: live, store: store, metrics: { await metrics.exposition() }, logger: logger))
         let platform = settings.platform
         logger.info(
             "started",
@@ -76,7 +80,8 @@ public struct MailrouteDaemon: Sendable {
                 services: [
                     .init(service: dispatcher),
                     .init(service: ReloadService(
-                        configPath: configPath, dispatcher: dispatcher, notifier: notifier, logger: logger, current: settings)),
+                        configPath: configPath, dispatcher: dispatcher, notifier: notifier, logger: logger, current: settings,
+                        live: live)),
                 ] + more.map { ServiceGroupConfiguration.ServiceConfiguration(service: $0) },
                 gracefulShutdownSignals: [.sigterm, .sigint],
                 logger: logger))

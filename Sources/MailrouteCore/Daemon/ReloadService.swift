@@ -9,6 +9,8 @@ struct ReloadService: Service {
     let notifier: SystemdNotifier
     let logger: Logger
     let current: MailrouteConfiguration
+    /// What the API reads per request.
+    let live: CurrentSettings
 
     func run() async throws {
         var running = current
@@ -17,9 +19,13 @@ struct ReloadService: Service {
             do {
                 let next = try MailrouteConfiguration(contentsOfFile: configPath)
                 try await dispatcher.reload(next)
+                live.replace(with: next)
                 let changed = Self.changedSections(running, next)
                 if next.queue.path != running.queue.path {
                     logger.warning("queue.path changes only on restart", metadata: ["path": "\(running.queue.path)"])
+                }
+                if next.api != running.api {
+                    logger.warning("[api] listen, tokens and limits change only on restart", metadata: ["listen": "\(running.api.listen)"])
                 }
                 running = next
                 logger.notice("reloaded", metadata: ["config_file": "\(configPath)", "changed": "\(changed.isEmpty ? "nothing" : changed.joined(separator: ","))"])
@@ -39,6 +45,7 @@ struct ReloadService: Service {
         if a.secrets != b.secrets { changed.append("secrets") }
         if a.dkim != b.dkim { changed.append("dkim") }
         if a.log != b.log { changed.append("log") }
+        if a.api != b.api { changed.append("api") }
         return changed
     }
 }

@@ -1,6 +1,7 @@
 """What the bench needs on the machine: Debian packages (installed once) and a release build."""
 
 import os
+import platform
 import shutil
 import subprocess
 import time
@@ -26,8 +27,10 @@ def _present(check):
         return False
 
 
-def ensure_packages():
-    missing = sorted({pkg for check, pkg in PACKAGES.items() if not _present(check)})
+def ensure_packages(extra=None):
+    """PACKAGES and `extra` (more checks of one bench, e.g. bench/api's wrk)."""
+    wanted = {**PACKAGES, **(extra or {})}
+    missing = sorted({pkg for check, pkg in wanted.items() if not _present(check)})
     if not missing:
         return
     if os.geteuid() != 0:
@@ -91,3 +94,19 @@ def git_describe(repo):
         return commit + (" + uncommitted changes in Sources" if dirty.strip() else "")
     except BenchError:
         return "unknown"
+
+
+def machine():
+    """Cores, CPU model, Debian release and kernel, for the head of a results table."""
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        pass
+    try:
+        with open("/etc/debian_version") as f:
+            debian = "Debian " + f.read().strip()
+    except OSError:
+        debian = platform.system()
+    return f"{os.cpu_count()} cores ({model}), {debian}, Linux {platform.release()}"

@@ -51,13 +51,15 @@ class Engine:
 
     # -- files ---------------------------------------------------------------------------
 
-    def write_config(self, directory, keys_dir, allowed_networks=None):
+    def write_config(self, directory, keys_dir, allowed_networks=None, extra=""):
+        """The daemon's config file; `extra` is appended (more sections, e.g. bench/api's [api])."""
         os.makedirs(directory, exist_ok=True)
         path = os.path.join(directory, "mailroute.toml")
         allowed = self.knows_allowed_networks if allowed_networks is None else allowed_networks
         with open(path, "w") as f:
             f.write(CONFIG.format(queue=os.path.join(directory, "queue.db"), port=self.sink_port, key=self.key,
                                   keys_dir=keys_dir, allowed_networks=ALLOWED_NETWORKS if allowed else ""))
+            f.write(extra)
         return path
 
     def ctl(self, config, *args):
@@ -130,11 +132,11 @@ class Engine:
 class DaemonRun:
     """One `mailrouted` on a fresh copy of a template queue, watched through /proc and the queue."""
 
-    def __init__(self, engine: Engine, directory, template, keys="none"):
+    def __init__(self, engine: Engine, directory, template, keys="none", extra=""):
         self.engine = engine
         self.directory = directory
         os.makedirs(directory)
-        self.config = engine.write_config(directory, engine.keys_dirs[keys])
+        self.config = engine.write_config(directory, engine.keys_dirs[keys], extra=extra)
         self.db = os.path.join(directory, "queue.db")
         queue.copy(template, self.db)
         self.proc = None
@@ -152,6 +154,20 @@ class DaemonRun:
 
     def alive(self):
         return self.proc.poll() is None
+
+    def log_value(self, marker, key):
+        """`key=VALUE` from the first line of the daemon's log that holds `marker`, or None yet
+        (e.g. ("api listening", "address") for the port an `[api] listen = "127.0.0.1:0"` got)."""
+        try:
+            with open(os.path.join(self.directory, "mailrouted.log"), errors="replace") as f:
+                for line in f:
+                    if marker in line:
+                        for word in line.split():
+                            if word.startswith(key + "="):
+                                return word[len(key) + 1:].strip('"')
+        except OSError:
+            pass
+        return None
 
     def sample(self):
         status = proc_status(self.proc.pid)

@@ -80,10 +80,11 @@ class Bench:
     def run_dir(self, name):
         return os.path.join(self.work, "runs", f"r{self.round_no}-{name}")
 
-    def with_daemon(self, name, template, work, keys="none"):
+    def with_daemon(self, name, template, work, keys="none", extra=""):
         """A fresh daemon run on a copy of `template`; `work(daemon)` returns the result. The
-        daemon is stopped whatever happens, and its peaks and exit code join the result."""
-        daemon = DaemonRun(self.engine, self.run_dir(name), self.templates[template], keys)
+        daemon is stopped whatever happens, and its peaks and exit code join the result.
+        `extra` is appended to its config file."""
+        daemon = DaemonRun(self.engine, self.run_dir(name), self.templates[template], keys, extra)
         try:
             result = work(daemon)
         finally:

@@ -109,40 +109,38 @@ class APIBench(Bench):
 
     # -- (a), (b): enqueue rates -------------------------------------------------------------
 
-    def direct(self, daemon, synchronous):
-        """One process, one connection, BEGIN; INSERT; COMMIT per row, for `phase` seconds."""
-        out = os.path.join(daemon.directory, f"direct-{synchronous}.json")
-        stop = os.path.join(daemon.directory, f"stop-{synchronous}")
+    def direct(self, daemon, synchronous, seconds, tag):
+        """One process, one connection, BEGIN; INSERT; COMMIT per row, for `seconds`."""
+        out = os.path.join(daemon.directory, f"direct-{tag}.json")
+        stop = os.path.join(daemon.directory, f"stop-{tag}")
         cpu0 = daemon.cpu_seconds()
-        client = self.client("enqueue", daemon.db, ONE[0], stop, str(self.o.phase), out,
+        client = self.client("enqueue", daemon.db, ONE[0], stop, f"{seconds:g}", out,
                              str(time.time() + TEN_YEARS), synchronous)
-        wait_client(client, self.cleanup, self.o.phase + 60)
+        wait_client(client, self.cleanup, seconds + 60)
         cpu1 = daemon.cpu_seconds()
         with open(out) as f:
             data = json.load(f)
         latencies = data["latencies"]
-        seconds = data["ended"] - data["began"]
-        return {"complete": bool(latencies), "rows": len(latencies), "seconds": seconds,
-                "rate": len(latencies) / seconds if seconds > 0 else None,
+        return {"rows": len(latencies), "seconds": data["ended"] - data["began"], "daemon_cpu_s": cpu1 - cpu0,
                 "p50_ms": percentile(latencies, 0.5) * 1000 if latencies else None,
-                "p99_ms": percentile(latencies, 0.99) * 1000 if latencies else None,
-                "daemon_cpu_ms_per_msg": (cpu1 - cpu0) / len(latencies) * 1000 if latencies else None}
+                "p99_ms": percentile(latencies, 0.99) * 1000 if latencies else None}
 
-    def through_api(self, daemon, port):
-        """wrk: `threads` threads, `connections` keep-alive connections, for `phase` seconds."""
+    def through_api(self, daemon, port, seconds, tag):
+        """wrk: `--wrk-threads` threads, `--connections` keep-alive connections, for `seconds`."""
         if not self.wrk:
             raise BenchError("wrk is not installed (scripts/install-deps installs it)")
         script = os.path.join(daemon.directory, "post.lua")
-        with open(script, "w") as f:
-            f.write(WRK_LUA.format(token=self.token, body=message_json(time.time() + TEN_YEARS)))
+        if not os.path.exists(script):
+            with open(script, "w") as f:
+                f.write(WRK_LUA.format(token=self.token, body=message_json(time.time() + TEN_YEARS)))
         poller = queue.Poller(daemon.db)
         before = poller.scalar("SELECT max(id) FROM messages") or 0
         cpu0, wrk0 = daemon.cpu_seconds(), children_cpu()
-        args = [self.wrk, "-t", str(self.o.wrk_threads), "-c", str(self.o.connections), "-d", f"{self.o.phase:g}s",
+        args = [self.wrk, "-t", str(self.o.wrk_threads), "-c", str(self.o.connections), "-d", f"{seconds:g}s",
                 "--timeout", "5s", "--latency", "-s", script, f"http://127.0.0.1:{port}/v1/messages"]
         proc = self.cleanup.spawn(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         try:
-            text, _ = proc.communicate(timeout=self.o.phase + 60)
+            text, _ = proc.communicate(timeout=seconds + 60)
         except subprocess.TimeoutExpired:
             raise BenchError("wrk did not finish")
         finally:
@@ -151,38 +149,75 @@ class APIBench(Bench):
         cpu1, wrk1 = daemon.cpu_seconds(), children_cpu()
         rows = (poller.scalar("SELECT max(id) FROM messages") or 0) - before
         poller.close()
-        with open(os.path.join(daemon.directory, "wrk.out"), "w") as f:
+        with open(os.path.join(daemon.directory, f"wrk-{tag}.out"), "w") as f:
             f.write(text)
         w = parse_wrk(text)
         if proc.returncode != 0 or "seconds" not in w:
             raise BenchError(f"wrk exited with {proc.returncode}: {text.strip()[-400:]}")
-        return {"complete": rows > 0 and w["non_2xx"] == 0 and w["socket_errors"] == 0,
-                "rows": rows, "seconds": w["seconds"], "rate": rows / w["seconds"],
+        return {"rows": rows, "seconds": w["seconds"], "daemon_cpu_s": cpu1 - cpu0, "client_cpu_s": wrk1 - wrk0,
                 "requests": w["requests"], "non_2xx": w["non_2xx"], "socket_errors": w["socket_errors"],
-                "p50_ms": w.get("p50_ms"), "p99_ms": w.get("p99_ms"),
-                "daemon_cpu_ms_per_msg": (cpu1 - cpu0) / rows * 1000 if rows else None,
-                "client_cpu_ms_per_msg": (wrk1 - wrk0) / rows * 1000 if rows else None,
-                "note": "" if w["non_2xx"] == 0 else f"{w['non_2xx']} answers not 2xx"}
+                "p50_ms": w.get("p50_ms"), "p99_ms": w.get("p99_ms")}
+
+    @staticmethod
+    def combine(slices):
+        """One side's slices of a round as one result: rows and seconds summed, latencies the
+        median of the slices' percentiles."""
+        rows, seconds = sum(x["rows"] for x in slices), sum(x["seconds"] for x in slices)
+        out = {"complete": rows > 0 and not any(x.get("non_2xx") or x.get("socket_errors") for x in slices),
+               "rows": rows, "seconds": seconds, "rate": rows / seconds if seconds > 0 else None,
+               "slice_rates": [x["rows"] / x["seconds"] for x in slices if x["seconds"] > 0],
+               "daemon_cpu_ms_per_msg": sum(x["daemon_cpu_s"] for x in slices) / rows * 1000 if rows else None}
+        for key in ("p50_ms", "p99_ms"):
+            v = [x[key] for x in slices if x.get(key) is not None]
+            out[key] = statistics.median(v) if v else None
+        if "client_cpu_s" in slices[0]:
+            out["client_cpu_ms_per_msg"] = sum(x["client_cpu_s"] for x in slices) / rows * 1000 if rows else None
+            bad = sum(x["non_2xx"] for x in slices)
+            errors = sum(x["socket_errors"] for x in slices)
+            if bad or errors:
+                out["note"] = f"{bad} answers not 2xx, {errors} socket errors"
+        return out
+
+    def gets_idle(self, daemon, port, seconds):
+        """The GET client against the same daemon with nothing to drain: (e)'s peer."""
+        poller = queue.Poller(daemon.db)
+        first, last = poller.scalar("SELECT min(id) FROM messages"), poller.scalar("SELECT max(id) FROM messages")
+        poller.close()
+        out = os.path.join(daemon.directory, "get-idle.json")
+        stop = os.path.join(daemon.directory, "stop-get-idle")
+        client = self.client("get", str(port), self.token_file, str(first), str(last), str(self.o.get_rate),
+                             str(self.o.get_connections), stop, f"{seconds:g}", out)
+        wait_client(client, self.cleanup, seconds + 60)
+        return get_stats({"complete": True}, out)
 
     def enqueue_rates(self, results):
-        """(a) and (b) against one daemon with the API on, in an order that alternates by round."""
+        """(a) and (b) against one daemon with the API on: each side's `--phase` seconds cut into
+        `--slices` slices that alternate (a, a FULL, b, then b, a FULL, a, ...), so both share the
+        machine's moments; then (f), GETs with the daemon idle."""
         found = {}
 
         def work(daemon):
             daemon.start()
             port = self.api_port(daemon)
             time.sleep(1.0)  # past the daemon's startup work
-            phases = [("direct", lambda: self.direct(daemon, "NORMAL")),
-                      ("direct_full", lambda: self.direct(daemon, "FULL")),
-                      ("api", lambda: self.through_api(daemon, port))]
-            if self.round_no % 2 == 0:
-                phases.reverse()
-            for key, measure in phases:
-                found[key] = measure()
-                daemon.sample()
+            seconds = max(1, round(self.o.phase / self.o.slices))  # wrk -d takes whole seconds
+            phases = [("direct", lambda tag: self.direct(daemon, "NORMAL", seconds, tag)),
+                      ("direct_full", lambda tag: self.direct(daemon, "FULL", seconds, tag)),
+                      ("api", lambda tag: self.through_api(daemon, port, seconds, tag))]
+            slices = {key: [] for key, _ in phases}
+            for n in range(self.o.slices):
+                for key, measure in (phases if (n + self.round_no) % 2 else phases[::-1]):
+                    slices[key].append(measure(f"{key}-{n}"))
+                    daemon.sample()
+            for key, parts in slices.items():
+                found[key] = self.combine(parts)
                 log(f"round {self.round_no}, enqueue {key}: {found[key]['rows']:,} rows, "
                     f"{found[key]['rate']:.0f} msg/s, p99 {found[key]['p99_ms'] or 0:.1f} ms, "
                     f"daemon {found[key]['daemon_cpu_ms_per_msg'] or 0:.3f} ms CPU/msg")
+            found["get_idle"] = self.gets_idle(daemon, port, self.o.phase / 2)
+            g = found["get_idle"]
+            log(f"round {self.round_no}, GETs with the daemon idle: p50 {g.get('get_p50_ms') or 0:.1f} ms, "
+                f"p99 {g.get('get_p99_ms') or 0:.1f} ms ({g['gets']} requests, {g['get_errors']} errors)")
             return {"complete": True}
 
         outer = self.with_daemon("enqueue", "one", work, extra=self.api)
@@ -224,16 +259,8 @@ class APIBench(Bench):
                     wait_client(client, self.cleanup, 60)
             if not clients:
                 raise BenchError("the API did not say where it listens before the drain ended")
-            with open(out) as f:
-                data = json.load(f)
-            latencies, service = data["latencies"], data["service"]
-            result.update(gets=data["requests"], get_errors=len(data["errors"]), get_error_kinds=sorted(set(data["errors"])),
-                          get_started_after_s=clients[0][0] - result["started"],
-                          get_latencies_ms=[x * 1000 for x in latencies])
-            if latencies:
-                result.update(get_p50_ms=percentile(latencies, 0.5) * 1000, get_p99_ms=percentile(latencies, 0.99) * 1000,
-                              get_max_ms=max(latencies) * 1000, get_service_p99_ms=percentile(service, 0.99) * 1000)
-            return result
+            result["get_started_after_s"] = clients[0][0] - result["started"]
+            return get_stats(result, out)
 
         return self.with_daemon(f"drain-{mode}", "one", work, extra=extra)
 
@@ -263,6 +290,19 @@ class APIBench(Bench):
         log(f"round {self.round_no} took {time.monotonic() - started:.0f} s")
 
 
+def get_stats(result, out):
+    """The GET client's file as numbers in `result`."""
+    with open(out) as f:
+        data = json.load(f)
+    latencies, service = data["latencies"], data["service"]
+    result.update(gets=data["requests"], get_errors=len(data["errors"]), get_error_kinds=sorted(set(data["errors"])),
+                  get_latencies_ms=[x * 1000 for x in latencies])
+    if latencies:
+        result.update(get_p50_ms=percentile(latencies, 0.5) * 1000, get_p99_ms=percentile(latencies, 0.99) * 1000,
+                      get_max_ms=max(latencies) * 1000, get_service_p99_ms=percentile(service, 0.99) * 1000)
+    return result
+
+
 # -- the report ----------------------------------------------------------------------------------
 
 
@@ -289,6 +329,7 @@ def markdown(results, meta):
     r = results
     api, direct, full = r.get("api"), r.get("direct"), r.get("direct_full")
     off, idle, get = r.get("drain_off"), r.get("drain_idle"), r.get("drain_get")
+    get_idle = r.get("get_idle")
     api_vs_direct, _ = per_round_ratio(api, direct)
     full_vs_direct, _ = per_round_ratio(full, direct)
     idle_vs_off, idle_ratios = per_round_ratio(idle, off)
@@ -304,7 +345,7 @@ def markdown(results, meta):
         return "–" if x is None else f"{x:.2f}× {what}"
 
     incomplete = [f"{key}: {x.get('note') or 'incomplete'}" for key in ("api", "direct", "direct_full", "drain_off",
-                                                                      "drain_idle", "drain_get")
+                                                                      "drain_idle", "drain_get", "get_idle")
                   for x in r.get(key, []) if not x.get("complete")]
     rows = [
         ("a", "direct INSERT, 1 process, BEGIN; INSERT; COMMIT per row, `synchronous = NORMAL` (as the daemon's own connection)",
@@ -338,6 +379,10 @@ def markdown(results, meta):
          f"all rounds pooled: p99 {num(pooled_p99, 1)} ms of {len(pooled):,}; max {num(max(vals(get, 'get_max_ms')) if vals(get, 'get_max_ms') else None, 1)} ms",
          f"service time (send to answer) p99 {spread(get, 'get_service_p99_ms', 1, ' ms')}", "",
          "p99 ≤ 20 ms", verdict(None if p99 is None else p99 <= 20.0)),
+        ("f", f"the same GETs against the daemon of (a), (b), with nothing to drain, for {meta['phase'] / 2:g} s",
+         f"p50 {spread(get_idle, 'get_p50_ms', 1, ' ms')}, p99 {spread(get_idle, 'get_p99_ms', 1, ' ms')}",
+         "peer of (e)", f"service time p99 {spread(get_idle, 'get_service_p99_ms', 1, ' ms')}; "
+         f"{num(sum(vals(get_idle, 'get_errors')) if vals(get_idle, 'get_errors') else None)} errors", "", "", ""),
     ]
     targets = [row[7] for row in rows if row[6]]
     passed, missed = targets.count(PASS), targets.count(MISS)
@@ -354,8 +399,8 @@ def markdown(results, meta):
         f"{meta['load_start']}, at end {meta['load_end']}: a shared, noisy machine, so compare rows of this run, "
         f"not across runs. Run took {meta['wall_min']:.1f} min.",
         "",
-        f"Enqueue phases: {meta['phase']:g} s each, against one daemon with the API on, rows of ~5 KB due in ten "
-        f"years (so the daemon admits none: enqueue alone), order alternating by round. Drains: "
+        f"Enqueue: {meta['phase']:g} s per side per round in {meta['slices']} alternating slices, against one daemon "
+        f"with the API on, rows of ~5 KB due in ten years (so the daemon admits none: enqueue alone). Drains: "
         f"{meta['messages']:,} rows of ~5 KB queued before the daemon starts, 1 configuration × 4 connections to "
         f"smtp-sink, daemon start to the last row `sent`; (c), (d), (e) in an order rotating by round.",
         "",

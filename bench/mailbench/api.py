@@ -393,7 +393,8 @@ def markdown(results, meta):
     lines = [
         f"# Mailroute HTTP API bench (issue 13 item 8), {meta['date']}",
         "",
-        f"Commit {meta['commit']}; {meta['rounds']} round(s), median with min–max in brackets, ratios the median of "
+        f"Commit {meta['commit']}"
+        f"{' (Sources and Package.swift as of ' + meta['sources'] + ')' if meta.get('sources') else ''}; {meta['rounds']} round(s), median with min–max in brackets, ratios the median of "
         f"per-round ratios (both sides in the same round){'; QUICK smoke run, not a measurement' if meta['quick'] else ''}. "
         f"{meta['build'][0].upper() + meta['build'][1:]}. {meta['machine']}; {meta['wrk']}. Load average at start "
         f"{meta['load_start']}, at end {meta['load_end']}: a shared, noisy machine, so compare rows of this run, "

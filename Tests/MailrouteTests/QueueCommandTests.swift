@@ -93,7 +93,7 @@ import Testing
     /// `sudo mailroutectl config list` before the daemon ever ran used to leave a root-owned
     /// 0644 database the daemon could not write.
     @Test(.enabled(if: geteuid() == 0, "needs root, as an operator's sudo"))
-    func aDatabaseRootCreatesBelongsToTheStateDirectorysOwner() throws {
+    func aDatabaseRootCreatesBelongsToTheStateDirectorysOwner() async throws {
         let env = try CtlEnvironment()
         let nobody = try #require(getpwnam("nobody")?.pointee)
         #expect(chown(env.directory.path, nobody.pw_uid, nobody.pw_gid) == 0)
@@ -102,7 +102,7 @@ import Testing
         let store = try env.store()
         var message = MessageRecord(category: "report", rcptTo: #"["a@example.com"]"#, subject: "s")
         message.textBody = "b"
-        _ = try store.enqueue(message, attachments: [])
+        _ = try await store.enqueue(message, attachments: [])
         for file in ["queue.db", "queue.db-wal", "queue.db-shm"] {
             let attributes = try FileManager.default.attributesOfItem(atPath: env.directory.appendingPathComponent(file).path)
             #expect((attributes[.ownerAccountID] as? NSNumber)?.uint32Value == nobody.pw_uid, "\(file) owner")

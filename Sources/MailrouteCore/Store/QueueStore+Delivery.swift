@@ -390,9 +390,9 @@ extension QueueStore {
     }
 
     /// The message trace (`MessageFilter`), newest first.
-    public func messages(_ filter: MessageFilter) throws -> [MessageRecord] {
+    public func messages(_ filter: MessageFilter) async throws -> [MessageRecord] {
         let (sql, arguments) = Self.messagesQuery(filter)
-        return try pool.read { db in try MessageRecord.fetchAll(db, sql: sql, arguments: arguments) }
+        return try await pool.read { db in try MessageRecord.fetchAll(db, sql: sql, arguments: arguments) }
     }
 
     /// Conditions from fixed fragments, every value bound. A configuration's mail is its
@@ -450,8 +450,8 @@ extension QueueStore {
         return (sql, arguments)
     }
 
-    public func message(id: Int64) throws -> (MessageRecord, [AttemptRecord], [AttachmentRecord])? {
-        try pool.read { db in
+    public func message(id: Int64) async throws -> (MessageRecord, [AttemptRecord], [AttachmentRecord])? {
+        try await pool.read { db in
             guard let message = try MessageRecord.fetchOne(db, key: id) else { return nil }
             let attempts = try AttemptRecord.filter(AttemptRecord.Columns.messageId == id)
                 .order(AttemptRecord.Columns.attempt).fetchAll(db)
@@ -461,8 +461,8 @@ extension QueueStore {
     }
 
     /// Inserts a message and its attachments in one transaction, as any enqueuer would.
-    public func enqueue(_ message: MessageRecord, attachments: [(filename: String, contentType: String, content: Data)]) throws -> Int64 {
-        try pool.write { db in
+    public func enqueue(_ message: MessageRecord, attachments: [(filename: String, contentType: String, content: Data)]) async throws -> Int64 {
+        try await pool.write { db in
             var record = message
             // An explicit NULL would bypass the column's default.
             record.createdAt = record.createdAt ?? QueueStore.now()
@@ -476,14 +476,14 @@ extension QueueStore {
         }
     }
 
-    public func messageID(idempotencyKey: String) throws -> Int64? {
-        try pool.read { db in
+    public func messageID(idempotencyKey: String) async throws -> Int64? {
+        try await pool.read { db in
             try MessageRecord.filter(MessageRecord.Columns.idempotencyKey == idempotencyKey).select(MessageRecord.Columns.id, as: Int64.self).fetchOne(db)
         }
     }
 
-    public func retry(ids: [Int64]?, onlyFailed: Bool, deadline: Double) throws -> Int {
-        try pool.write { db in
+    public func retry(ids: [Int64]?, onlyFailed: Bool, deadline: Double) async throws -> Int {
+        try await pool.write { db in
             var sql = """
                 UPDATE messages
                 SET status = 'queued', next_attempt_at = :now, attempts = 0, lease_until = NULL,
@@ -498,8 +498,8 @@ extension QueueStore {
     }
 
     /// Cancels a row that has not been sent. A row being sent right now is not stopped: its result wins.
-    public func cancel(id: Int64) throws -> Bool {
-        try pool.write { db in
+    public func cancel(id: Int64) async throws -> Bool {
+        try await pool.write { db in
             try db.execute(
                 sql: "UPDATE messages SET status = 'cancelled', lease_until = NULL WHERE id = ? AND status IN ('queued', 'deferred')",
                 arguments: [id])

@@ -226,6 +226,37 @@ import Testing
         }
     }
 
+    /// What the server answers has exactly the fields the document's schemas list (a view's
+    /// field added, renamed or dropped without the document fails here, in swift test, not
+    /// only in scripts/test's schemathesis run).
+    @Test func theResponsesCarryExactlyTheDocumentedFields() async throws {
+        let committed = try Data(contentsOf: Paths.packageRoot.appendingPathComponent("Sources/MailrouteAPI/openapi.json"))
+        let document = try #require(try JSONSerialization.jsonObject(with: committed) as? [String: Any])
+        let schemas = try #require((document["components"] as? [String: Any])?["schemas"] as? [String: [String: Any]])
+        let fields = schemas.mapValues { Set(($0["properties"] as? [String: Any])?.keys.map { $0 } ?? []) }
+        try await withClient { client in
+            func documented(_ name: String) -> Set<String> { fields[name] ?? [] }
+            let config = try await call(client, .post, "/v1/configurations", Self.acme).object
+            #expect(Set(config.keys) == documented("Config"))
+            let verification = try await call(client, .post, "/v1/configurations/acme/main/verify").object
+            #expect(Set(verification.keys) == documented("Verification"))
+            let route = try await call(client, .put, "/v1/routes", #"{"tenant":"acme","kind":"category","key":"invite","config":"main"}"#).object
+            #expect(Set(route.keys) == documented("Route"))
+            let resolution = try await call(client, .get, "/v1/routes/resolve?tenant=acme&category=invite").object
+            #expect(Set(resolution.keys) == documented("Resolution"))
+            let id = try #require(try await call(client, .post, "/v1/messages", #"{"tenant":"acme","category":"invite","rcpt_to":["a@x.test"],"subject":"s","text_body":"t","attachments":[{"filename":"a.txt","content_base64":"aGk="}]}"#).object["id"] as? Int)
+            let message = try await call(client, .get, "/v1/messages/\(id)").object
+            #expect(Set(message.keys) == documented("Message"))
+            let attachment = try #require((message["attachments"] as? [[String: Any]])?.first)
+            #expect(Set(attachment.keys) == documented("AttachmentInfo"))
+            let listed = try #require((try await call(client, .get, "/v1/messages").json as? [[String: Any]])?.first)
+            #expect(Set(listed.keys) == documented("Message"))
+            #expect(Set(try await call(client, .get, "/v1/stats").object.keys) == documented("QueueCounts"))
+            let error = try await call(client, .get, "/v1/messages/\(id + 1000)").object
+            #expect(Set(error.keys).isSubset(of: documented("Error")))
+        }
+    }
+
     /// The committed document is what the server serves, and it documents exactly the routes
     /// the router has: adding an endpoint without documenting it (or the reverse) fails here.
     @Test func theOpenAPIDocumentMatchesTheRouter() async throws {

@@ -167,7 +167,11 @@ import Testing
             let rows = try await e.rows(ids)
             let s = await Scrape.of(metrics)
             let expired = Double(rows.filter { $0.status == .expired }.count)
-            #expect(s[#"mailroute_messages_total{outcome="expired",config="acme/main"}"#] == expired, "\(s.text)")
+            // A row that expired before the claim ever admitted it has no configuration yet and
+            // counts as `platform` (under a loaded machine some do): every expiry counts once.
+            let counted = s.values.filter { $0.key.hasPrefix(#"mailroute_messages_total{outcome="expired","#) }.values.reduce(0, +)
+            #expect(counted == expired, "\(s.text)")
+            #expect((s[#"mailroute_messages_total{outcome="expired",config="acme/main"}"#] ?? 0) >= 1, "\(s.text)")
             let sent = Double(rows.filter { $0.status == .sent }.count)
             #expect(s[#"mailroute_messages_total{outcome="sent",config="acme/main"}"#] ?? 0 == sent)
         }
